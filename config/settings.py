@@ -1,0 +1,198 @@
+"""Meterway's configuration: one TOML file plus environment overrides.
+
+Precedence, highest first: environment (``MW_...``, nested with ``__``, plus the
+conventional ``DATABASE_URL``/``REDIS_URL``), then the TOML file, then the
+defaults below. Everything is validated once, at start, so a bad price or a
+missing provider is a clear message instead of a failure on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from config.pricing import ModelPrice
+from ledger.money import MoneyFormatError, parse_usd
+
+EXAMPLE_CONFIG_PATH = Path(__file__).with_name("example.toml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what to change."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Listen(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class Provider(_Frozen):
+    """An upstream that speaks the OpenAI HTTP API."""
+
+    base_url: str = Field(description="Up to and including /v1, e.g. https://api.openai.com/v1")
+    # Keys are read from the environment so the config file can be committed.
+    api_key_env: str | None = None
+    api_key: SecretStr | None = None
+    models: tuple[str, ...] = ()
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    def resolve_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env)
+        return None
+
+
+class ModelConfig(_Frozen):
+    """Price and limits of one model. Prices are USD decimal strings."""
+
+    input_per_1m: Decimal = Decimal(0)
+    cached_input_per_1m: Decimal | None = None  # defaults to the input price
+    output_per_1m: Decimal = Decimal(0)
+    per_call: Decimal = Decimal(0)
+    max_output_tokens: int = Field(4096, gt=0)
+    # tiktoken encoding used when the upstream reports no usage; None = infer from name.
+    encoding: str | None = None
+    kind: str = Field("chat", pattern="^(chat|completion|embedding)$")
+
+    def price(self) -> ModelPrice:
+        try:
+            input_nusd = parse_usd(self.input_per_1m)
+            cached = self.cached_input_per_1m
+            return ModelPrice(
+                input_per_1m_nusd=input_nusd,
+                cached_input_per_1m_nusd=input_nusd if cached is None else parse_usd(cached),
+                output_per_1m_nusd=parse_usd(self.output_per_1m),
+                per_call_nusd=parse_usd(self.per_call),
+            )
+        except MoneyFormatError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _prices_are_exact(self) -> "ModelConfig":
+        self.price()
+        return self
+
+
+class Limits(_Frozen):
+    """Every queue, timeout and size in one place, with its unit in its name."""
+
+    hold_ttl_s: float = Field(660.0, gt=0)
+    upstream_connect_timeout_s: float = Field(10.0, gt=0)
+    upstream_total_timeout_s: float = Field(600.0, gt=0)
+    upstream_connections_max: int = Field(1024, gt=0)
+    body_bytes_max: int = Field(4 * 1024 * 1024, gt=0)
+    requests_in_flight_max: int = Field(4096, gt=0)
+    stream_event_bytes_max: int = Field(4 * 1024 * 1024, gt=0)
+    settle_batch_max: int = Field(256, gt=0)
+    settle_queue_max: int = Field(20_000, gt=0)
+    settle_retry_max: int = Field(5, ge=0)
+    settle_retry_delay_s: float = Field(0.2, ge=0)
+    key_cache_ttl_s: float = Field(5.0, ge=0)
+    key_cache_entries_max: int = Field(100_000, gt=0)
+    expiry_sweep_interval_s: float = Field(1.0, gt=0)
+    expiry_sweep_batch_max: int = Field(256, gt=0)
+    db_pool_max: int = Field(10, gt=0)
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _hold_outlives_request(self) -> "Limits":
+        # A hold must never expire under a request that is still running,
+        # or the wallet could be spent twice.
+        if self.hold_ttl_s <= self.upstream_total_timeout_s:
+            raise ValueError("limits.hold_ttl_s must exceed limits.upstream_total_timeout_s")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MW_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    listen: Listen = Listen()
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "MW_DATABASE_URL"))
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "MW_REDIS_URL"))
+    sqlite_path: str = "meterway.sqlite3"
+    redis_prefix: str = "mw"
+    admin_token: SecretStr | None = None
+    providers: dict[str, Provider] = {}
+    models: dict[str, ModelConfig] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _models_have_providers(self) -> "Settings":
+        for name, provider in self.providers.items():
+            for model in provider.models:
+                if model not in self.models:
+                    raise ValueError(f"provider {name!r} serves model {model!r}, which has no price in [models]")
+        served = {m for p in self.providers.values() for m in p.models}
+        unserved = sorted(set(self.models) - served)
+        if unserved:
+            raise ValueError(f"models {unserved} are priced but no provider serves them")
+        if self.redis_url and not self.database_url:
+            raise ValueError("REDIS_URL needs DATABASE_URL too: holds in Redis need a shared ledger")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    def provider_of(self, model: str) -> tuple[str, Provider] | None:
+        for name, provider in self.providers.items():
+            if model in provider.models:
+                return name, provider
+        return None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), apply the environment, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+
+
+def _describe(exc: ValidationError, path: str | Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {location}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""The book on Postgres (asyncpg): production, shared by many gateway processes.
+
+Settlement is one round trip per batch: mw_settle_batch() (see the migration)
+does the idempotency check, the debit, any shortfall and the usage row for every
+item inside one transaction. asyncpg errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import asyncpg
+import orjson
+
+from ledger.book import (
+    FUNDING_ACCOUNT,
+    REVENUE_ACCOUNT,
+    SHORTFALL_ACCOUNT,
+    ApiKeyRecord,
+    LedgerTotals,
+    SettledUsage,
+    SettleOutcome,
+    SettleResult,
+    Transfer,
+    TransferOutcome,
+    TransferRecord,
+    UsageRecord,
+    Wallet,
+    migration_files,
+    validate_wallet_id,
+)
+from ledger.errors import AccountExists, IdempotencyConflict, InsufficientFunds, LedgerUnavailable, UnknownAccount
+from ledger.rows import key_record, settled_usage, transfer_record
+
+T = TypeVar("T")
+# Serialises migrations when several gateway processes start at once.
+MIGRATION_LOCK_ID = 0x6D77_6D69
+
+
+class PostgresBook:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, pool_max: int = 10) -> "PostgresBook":
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_max, command_timeout=30)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise LedgerUnavailable(f"cannot connect to Postgres: {exc}") from exc
+        assert pool is not None
+        return cls(pool)
+
+    async def _with(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        try:
+            async with self._pool.acquire() as conn:
+                return await fn(conn)
+        except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.CannotConnectNowError) as exc:
+            raise LedgerUnavailable(f"Postgres unavailable: {exc}") from exc
+
+    async def migrate(self) -> list[int]:
+        async def run(conn: asyncpg.Connection) -> list[int]:
+            applied = []
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS mw_schema_migrations"
+                    " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {r[0] for r in await conn.fetch("SELECT version FROM mw_schema_migrations")}
+                for version, sql in migration_files("postgres"):
+                    if version not in done:
+                        await conn.execute(sql)
+                        await conn.execute("INSERT INTO mw_schema_migrations (version) VALUES ($1)", version)
+                        applied.append(version)
+            return applied
+
+        return await self._with(run)
+
+    async def create_wallet(self, wallet_id: str, name: str | None = None) -> Wallet:
+        validate_wallet_id(wallet_id)
+
+        async def run(conn: asyncpg.Connection) -> Wallet:
+            try:
+                await conn.execute("INSERT INTO mw_accounts (id, kind, name) VALUES ($1, 'wallet', $2)", wallet_id, name)
+            except asyncpg.UniqueViolationError as exc:
+                raise AccountExists(f"wallet {wallet_id!r} exists") from exc
+            return Wallet(wallet_id, name, 0, 0)
+
+        return await self._with(run)
+
+    async def wallet(self, wallet_id: str) -> Wallet | None:
+        async def run(conn: asyncpg.Connection) -> Wallet | None:
+            row = await conn.fetchrow(
+                "SELECT id, name, balance_nusd, version FROM mw_accounts WHERE id = $1 AND kind = 'wallet'", wallet_id
+            )
+            return None if row is None else Wallet(row[0], row[1], row[2], row[3])
+
+        return await self._with(run)
+
+    async def transfer(self, transfer: Transfer) -> TransferOutcome:
+        async def run(conn: asyncpg.Connection) -> TransferOutcome:
+            async with conn.transaction():
+                return await _insert_transfer(conn, transfer)
+
+        return await self._with(run)
+
+    async def settle_batch(self, items: Sequence[UsageRecord]) -> list[SettleResult]:
+        if not items:
+            return []
+        payload = orjson.dumps([item.as_dict() for item in items]).decode()
+
+        async def run(conn: asyncpg.Connection) -> list[SettleResult]:
+            rows = await conn.fetch("SELECT * FROM mw_settle_batch($1::jsonb)", payload)
+            return [
+                SettleResult(r["request_id"], SettleOutcome(r["outcome"]), r["charged_nusd"], r["shortfall_nusd"],
+                             r["balance_nusd"], r["version"])
+                for r in rows
+            ]
+
+        results = await self._with(run)
+        assert [r.request_id for r in results] == [i.request_id for i in items], "settle results out of order"
+        return results
+
+    async def usage(self, request_id: str) -> SettledUsage | None:
+        async def run(conn: asyncpg.Connection) -> SettledUsage | None:
+            row = await conn.fetchrow("SELECT * FROM mw_usage WHERE request_id = $1", request_id)
+            return None if row is None else settled_usage(_text_times(row))
+
+        return await self._with(run)
+
+    async def transfers_of(self, account_id: str, limit: int = 50) -> list[TransferRecord]:
+        async def run(conn: asyncpg.Connection) -> list[TransferRecord]:
+            rows = await conn.fetch(
+                "SELECT * FROM mw_transfers WHERE debit_account = $1 OR credit_account = $1"
+                " ORDER BY created_at DESC, id DESC LIMIT $2",
+                account_id, limit,
+            )
+            return [transfer_record(_text_times(r)) for r in rows]
+
+        return await self._with(run)
+
+    async def create_key(self, key: ApiKeyRecord) -> None:
+        async def run(conn: asyncpg.Connection) -> None:
+            try:
+                await conn.execute(
+                    "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot) VALUES ($1, $2, $3, $4, $5, $6)",
+                    key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise UnknownAccount(f"no wallet {key.wallet_id!r}") from exc
+
+        await self._with(run)
+
+    async def key_by_hash(self, secret_hash: str) -> ApiKeyRecord | None:
+        async def run(conn: asyncpg.Connection) -> ApiKeyRecord | None:
+            row = await conn.fetchrow("SELECT * FROM mw_keys WHERE secret_hash = $1", secret_hash)
+            return None if row is None else key_record(_text_times(row))
+
+        return await self._with(run)
+
+    async def list_keys(self, wallet_id: str | None = None) -> list[ApiKeyRecord]:
+        async def run(conn: asyncpg.Connection) -> list[ApiKeyRecord]:
+            rows = await conn.fetch(
+                "SELECT * FROM mw_keys WHERE $1::text IS NULL OR wallet_id = $1 ORDER BY created_at, id", wallet_id
+            )
+            return [key_record(_text_times(r)) for r in rows]
+
+        return await self._with(run)
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async def run(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
+                "UPDATE mw_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
+            )
+            return status == "UPDATE 1"
+
+        return await self._with(run)
+
+    async def totals(self) -> LedgerTotals:
+        async def run(conn: asyncpg.Connection) -> LedgerTotals:
+            row = await conn.fetchrow(
+                f"""SELECT
+                (SELECT COALESCE(SUM(balance_nusd), 0) FROM mw_accounts)::bigint,
+                (SELECT COUNT(*) FROM mw_accounts WHERE kind = 'wallet' AND balance_nusd < 0)::bigint,
+                (SELECT COUNT(*) FROM mw_transfers)::bigint,
+                (SELECT balance_nusd FROM mw_accounts WHERE id = '{REVENUE_ACCOUNT}'),
+                (SELECT balance_nusd FROM mw_accounts WHERE id = '{SHORTFALL_ACCOUNT}'),
+                (SELECT balance_nusd FROM mw_accounts WHERE id = '{FUNDING_ACCOUNT}'),
+                (SELECT COALESCE(SUM(charged_nusd), 0) FROM mw_usage)::bigint,
+                (SELECT COALESCE(SUM(shortfall_nusd), 0) FROM mw_usage)::bigint,
+                (SELECT COUNT(*) FROM mw_accounts a WHERE a.balance_nusd <>
+                    COALESCE((SELECT SUM(amount_nusd) FROM mw_transfers WHERE credit_account = a.id), 0)
+                  - COALESCE((SELECT SUM(amount_nusd) FROM mw_transfers WHERE debit_account = a.id), 0))::bigint
+                """
+            )
+            return LedgerTotals(*row)
+
+        return await self._with(run)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def _insert_transfer(conn: asyncpg.Connection, transfer: Transfer) -> TransferOutcome:
+    try:
+        status = await conn.execute(
+            "INSERT INTO mw_transfers (id, debit_account, credit_account, amount_nusd, kind, request_id, memo)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            transfer.transfer_id, transfer.debit_account, transfer.credit_account, transfer.amount_nusd,
+            transfer.kind.value, transfer.request_id, transfer.memo,
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise UnknownAccount(f"no account {transfer.debit_account!r} or {transfer.credit_account!r}") from exc
+    except asyncpg.CheckViolationError as exc:
+        raise InsufficientFunds(f"{transfer.debit_account!r} cannot pay {transfer.amount_nusd} nUSD") from exc
+    if status == "INSERT 0 1":
+        return TransferOutcome.CREATED
+    prior = await conn.fetchrow("SELECT * FROM mw_transfers WHERE id = $1", transfer.transfer_id)
+    assert prior is not None
+    if transfer_record(_text_times(prior)).transfer != transfer:
+        raise IdempotencyConflict(f"transfer {transfer.transfer_id!r} exists with different content")
+    return TransferOutcome.EXISTS
+
+
+def _text_times(row: asyncpg.Record) -> dict[str, Any]:
+    data = dict(row)
+    for name in ("created_at", "revoked_at"):
+        if data.get(name) is not None:
+            data[name] = data[name].isoformat()
+    return data

@@ -1,0 +1,40 @@
+"""Rows as both database drivers return them (mappings) turned into ledger values."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ledger.book import ApiKeyRecord, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
+
+USAGE_COLUMNS = tuple(UsageRecord.__dataclass_fields__)
+
+
+def transfer_record(row: Mapping[str, Any]) -> TransferRecord:
+    transfer = Transfer(
+        transfer_id=row["id"],
+        debit_account=row["debit_account"],
+        credit_account=row["credit_account"],
+        amount_nusd=row["amount_nusd"],
+        kind=TransferKind(row["kind"]),
+        request_id=row["request_id"],
+        memo=row["memo"],
+    )
+    return TransferRecord(transfer, str(row["created_at"]))
+
+
+def settled_usage(row: Mapping[str, Any]) -> SettledUsage:
+    record = UsageRecord(**{name: row[name] for name in USAGE_COLUMNS})
+    return SettledUsage(record, row["charged_nusd"], row["shortfall_nusd"], str(row["created_at"]))
+
+
+def key_record(row: Mapping[str, Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=row["id"],
+        secret_hash=row["secret_hash"],
+        prefix=row["prefix"],
+        wallet_id=row["wallet_id"],
+        name=row["name"],
+        bot=row["bot"],
+        created_at=None if row["created_at"] is None else str(row["created_at"]),
+        revoked_at=None if row["revoked_at"] is None else str(row["revoked_at"]),
+    )

@@ -1,0 +1,84 @@
+"""Fixtures shared by the suite: real Postgres and Redis, each test isolated.
+
+Postgres isolation is a fresh schema per test (selected through the DSN's
+search_path); Redis isolation is a random key prefix. Where a service is
+missing the test skips, except under CI=true, where a skip would hide a
+broken machine and so fails instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from typing import AsyncIterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from ledger.book import Book
+from ledger.postgres_book import PostgresBook
+from ledger.sqlite_book import SqliteBook
+
+PG_ADMIN_DSN = os.environ.get("MW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("MW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def missing_service(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@contextlib.asynccontextmanager
+async def pg_schema() -> AsyncIterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+    except (OSError, asyncpg.PostgresError) as exc:
+        missing_service(f"Postgres not reachable at {PG_ADMIN_DSN}: {exc}")
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        sep = "&" if "?" in PG_ADMIN_DSN else "?"
+        yield f"{PG_ADMIN_DSN}{sep}search_path={schema}"
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_dsn() -> AsyncIterator[str]:
+    async with pg_schema() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    client = aioredis.from_url(REDIS_TEST_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        missing_service(f"Redis not reachable at {REDIS_TEST_URL}: {exc}")
+    finally:
+        await client.aclose()
+    yield REDIS_TEST_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"mwt{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def book(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Book]:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            the_book: Book = SqliteBook(str(tmp_path / "ledger.sqlite3"))
+        else:
+            dsn = await stack.enter_async_context(pg_schema())
+            the_book = await PostgresBook.connect(dsn)
+        stack.push_async_callback(the_book.close)
+        await the_book.migrate()
+        yield the_book
