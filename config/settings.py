@@ -134,6 +134,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     providers: dict[str, Provider] = {}
     models: dict[str, ModelConfig] = {}
+    limits: Limits = Limits()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,64 @@
+"""Who is calling: Bearer key -> key record, with a small in-process cache.
+
+The cache keeps the hot path free of database round trips. A revocation made
+in this process takes effect at once; one made elsewhere (another worker, the
+CLI) within limits.key_cache_ttl_s. Unknown keys are cached too, so a flood
+of bad keys cannot turn into a flood of queries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from gateway.errors import ApiError, invalid_api_key
+from gateway.keys import hash_secret, looks_like_key
+from ledger.book import ApiKeyRecord, Book
+
+
+class KeyCache:
+    def __init__(self, book: Book, ttl_s: float, entries_max: int) -> None:
+        self._book = book
+        self._ttl_s = ttl_s
+        self._entries_max = entries_max
+        self._entries: OrderedDict[str, tuple[float, ApiKeyRecord | None]] = OrderedDict()
+
+    async def lookup(self, secret_hash: str) -> ApiKeyRecord | None:
+        now = time.monotonic()
+        cached = self._entries.get(secret_hash)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        record = await self._book.key_by_hash(secret_hash)
+        self._entries[secret_hash] = (now + self._ttl_s, record)
+        self._entries.move_to_end(secret_hash)
+        while len(self._entries) > self._entries_max:
+            self._entries.popitem(last=False)
+        return record
+
+    def forget(self, key_id: str) -> None:
+        for secret_hash, (_, record) in list(self._entries.items()):
+            if record is not None and record.key_id == key_id:
+                del self._entries[secret_hash]
+
+
+def bearer_secret(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return secret.strip() or None
+
+
+async def authenticate(cache: KeyCache, authorization: str | None) -> ApiKeyRecord | ApiError:
+    secret = bearer_secret(authorization)
+    if secret is None:
+        return invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer mw-...'.")
+    if not looks_like_key(secret):
+        return invalid_api_key("Incorrect API key provided: it is not a Meterway key.")
+    record = await cache.lookup(hash_secret(secret))
+    if record is None:
+        return invalid_api_key()
+    if not record.active:
+        return invalid_api_key("This API key has been revoked.")
+    return record

@@ -1,0 +1,82 @@
+"""A request's money from start to end: reserve, then exactly one of settle or release.
+
+A Hold is taken before forwarding and closed exactly once. close() is shielded
+from cancellation, so a client that disconnects or a server that shuts down
+while the settlement is being written cannot leave it half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+
+from gateway.errors import ApiError, service_unavailable
+from gateway.settlement import Settler
+from ledger.book import Book, SettleResult, UsageRecord
+from ledger.errors import LedgerUnavailable
+from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
+
+
+class HoldState(enum.Enum):
+    OPEN = "open"  # money is held; the request is in flight
+    SETTLED = "settled"  # the debit is committed and the hold released
+    RELEASED = "released"  # nothing charged; the hold released
+
+
+@dataclass
+class Hold:
+    request_id: str
+    wallet_id: str
+    amount_nusd: int
+    state: HoldState = HoldState.OPEN
+
+
+@dataclass(frozen=True)
+class Shortage:
+    """The wallet cannot cover the worst case of this request."""
+
+    available_nusd: int
+    needed_nusd: int
+
+
+class Billing:
+    def __init__(self, book: Book, holds: HoldStore, settler: Settler, hold_ttl_s: float) -> None:
+        self._book = book
+        self._holds = holds
+        self._settler = settler
+        self._hold_ttl_s = hold_ttl_s
+
+    async def reserve(self, wallet_id: str, request_id: str, amount_nusd: int) -> Hold | Shortage | ApiError:
+        assert amount_nusd > 0, amount_nusd
+        try:
+            result = await self._holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
+            if result.status is ReserveStatus.WALLET_UNKNOWN:
+                wallet = await self._book.wallet(wallet_id)
+                if wallet is None:
+                    return Shortage(0, amount_nusd)
+                await self._holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+                result = await self._holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
+        except HoldStoreUnavailable:
+            return service_unavailable("The hold store is unavailable; nothing was charged. Retry shortly.", "holds_unavailable")
+        except LedgerUnavailable:
+            return service_unavailable("The ledger is unavailable; nothing was charged. Retry shortly.", "ledger_unavailable")
+        if result.status is ReserveStatus.RESERVED:
+            return Hold(request_id, wallet_id, amount_nusd)
+        return Shortage(max(result.available_nusd, 0), amount_nusd)
+
+    async def settle(self, hold: Hold, record: UsageRecord) -> SettleResult:
+        assert hold.state is HoldState.OPEN, hold
+        assert record.request_id == hold.request_id and record.wallet_id == hold.wallet_id, (hold, record)
+        task = asyncio.ensure_future(self._settler.settle(record))
+        hold.state = HoldState.SETTLED
+        return await asyncio.shield(task)
+
+    async def release(self, hold: Hold) -> None:
+        if hold.state is not HoldState.OPEN:
+            return
+        hold.state = HoldState.RELEASED
+        try:
+            await asyncio.shield(self._holds.release(hold.wallet_id, hold.request_id))
+        except HoldStoreUnavailable:
+            pass  # the hold expires by itself after limits.hold_ttl_s

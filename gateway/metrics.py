@@ -1,0 +1,43 @@
+"""Prometheus metrics: the four that make the core observable.
+
+Each app owns its registry, so several apps in one process (tests) stay apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+# Buckets around the overhead we aim for (sub-millisecond) and what would be bad.
+OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    tokens: Counter
+    charged_nusd: Counter
+    shortfall_nusd: Counter
+    overhead_seconds: Histogram
+    holds_expired: Counter
+
+    @classmethod
+    def create(cls) -> "Metrics":
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter("meterway_requests", "Requests by endpoint and outcome.", ["endpoint", "outcome"], registry=registry),
+            tokens=Counter("meterway_tokens", "Tokens metered, by model and kind (prompt, cached, completion).", ["model", "kind"], registry=registry),
+            charged_nusd=Counter("meterway_charged_nusd", "Money charged to wallets, in nano-USD.", ["model"], registry=registry),
+            shortfall_nusd=Counter("meterway_shortfall_nusd", "Usage cost no wallet could cover, in nano-USD.", ["model"], registry=registry),
+            overhead_seconds=Histogram(
+                "meterway_overhead_seconds", "Latency the gateway adds: total time minus time waiting on the upstream.",
+                ["endpoint"], buckets=OVERHEAD_BUCKETS_S, registry=registry,
+            ),
+            holds_expired=Counter("meterway_holds_expired", "Holds released by expiry (nobody settled them).", registry=registry),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,75 @@
+"""What an operator does to wallets and keys, shared by the CLI and the admin API.
+
+A credit goes to the book first; the hold store's mirror of the balance is
+then brought up to date, so the new money can be spent at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from gateway.keys import NewKey, generate_key
+from ledger.book import (
+    FUNDING_ACCOUNT,
+    ApiKeyRecord,
+    Book,
+    Transfer,
+    TransferKind,
+    TransferOutcome,
+    TransferRecord,
+    Wallet,
+)
+from ledger.errors import UnknownAccount
+from ledger.holds import HoldStore, WalletHolds
+
+
+@dataclass(frozen=True)
+class WalletView:
+    wallet: Wallet
+    holds: WalletHolds | None
+
+    @property
+    def held_nusd(self) -> int:
+        return self.holds.held_nusd if self.holds else 0
+
+    @property
+    def available_nusd(self) -> int:
+        return self.wallet.balance_nusd - self.held_nusd
+
+
+@dataclass(frozen=True)
+class Operations:
+    book: Book
+    holds: HoldStore
+
+    async def create_wallet(self, wallet_id: str, name: str | None = None) -> Wallet:
+        return await self.book.create_wallet(wallet_id, name)
+
+    async def credit(self, wallet_id: str, amount_nusd: int, transfer_id: str | None = None, memo: str | None = None) -> tuple[TransferOutcome, Wallet]:
+        transfer = Transfer(
+            transfer_id or f"adj_{uuid.uuid4().hex}", FUNDING_ACCOUNT, wallet_id, amount_nusd, TransferKind.ADJUSTMENT, memo=memo
+        )
+        outcome = await self.book.transfer(transfer)
+        wallet = await self._wallet(wallet_id)
+        await self.holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+        return outcome, wallet
+
+    async def show(self, wallet_id: str) -> WalletView:
+        return WalletView(await self._wallet(wallet_id), await self.holds.wallet(wallet_id))
+
+    async def transactions(self, wallet_id: str, limit: int = 50) -> list[TransferRecord]:
+        await self._wallet(wallet_id)
+        return await self.book.transfers_of(wallet_id, limit)
+
+    async def create_key(self, wallet_id: str, name: str | None = None, bot: str | None = None) -> tuple[NewKey, ApiKeyRecord]:
+        new = generate_key()
+        record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot)
+        await self.book.create_key(record)
+        return new, record
+
+    async def _wallet(self, wallet_id: str) -> Wallet:
+        wallet = await self.book.wallet(wallet_id)
+        if wallet is None:
+            raise UnknownAccount(f"no wallet {wallet_id!r}")
+        return wallet

@@ -1,0 +1,56 @@
+"""Everything a request handler needs, built once per app (see gateway/app.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from config.pricing import ModelPrice
+from config.settings import ModelConfig, Provider, Settings
+from gateway.auth import KeyCache
+from gateway.billing import Billing
+from gateway.metrics import Metrics
+from gateway.settlement import Settler
+from ledger.book import Book
+from ledger.holds import HoldStore
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one model goes and what it costs; resolved once at start."""
+
+    model_name: str
+    model: ModelConfig
+    price: ModelPrice
+    provider_name: str
+    provider: Provider
+    api_key: str | None
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    book: Book
+    holds: HoldStore
+    settler: Settler
+    billing: Billing
+    keys: KeyCache
+    session: aiohttp.ClientSession
+    metrics: Metrics
+    routes: dict[str, Route]
+    in_flight: int = 0
+
+
+STATE = web.AppKey("meterway_state", GatewayState)
+
+
+def build_routes(settings: Settings) -> dict[str, Route]:
+    routes = {}
+    for name, model in settings.models.items():
+        found = settings.provider_of(name)
+        assert found is not None, f"settings validation lets no model without a provider through: {name}"
+        provider_name, provider = found
+        routes[name] = Route(name, model, model.price(), provider_name, provider, provider.resolve_api_key())
+    return routes

@@ -1,0 +1,39 @@
+"""Releasing holds nobody settled (a gateway died mid-request), within a bound.
+
+An expired hold is released, and the wallet's mirrored balance is re-read from
+the book, because the request may have been settled by a process that died
+before it could update the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.metrics import Metrics
+from ledger.book import Book
+from ledger.errors import LedgerUnavailable
+from ledger.holds import HoldStore, HoldStoreUnavailable
+
+log = logging.getLogger("meterway.sweeper")
+
+
+async def sweep_once(book: Book, holds: HoldStore, batch_max: int, metrics: Metrics | None = None) -> int:
+    expired = await holds.expire_due(batch_max)
+    for wallet_id in sorted({hold.wallet_id for hold in expired}):
+        wallet = await book.wallet(wallet_id)
+        if wallet is not None:
+            await holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+    if metrics is not None and expired:
+        metrics.holds_expired.inc(len(expired))
+    return len(expired)
+
+
+async def sweep_forever(book: Book, holds: HoldStore, interval_s: float, batch_max: int, metrics: Metrics) -> None:
+    while True:
+        try:
+            while await sweep_once(book, holds, batch_max, metrics) == batch_max:
+                pass  # more are due: keep going without waiting
+        except (HoldStoreUnavailable, LedgerUnavailable) as exc:
+            log.warning("hold sweep failed, will retry: %s", exc)
+        await asyncio.sleep(interval_s)
