@@ -123,7 +123,7 @@ class Limits(_Frozen):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="MW_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="MW_", env_nested_delimiter="__", extra="forbid", frozen=True, populate_by_name=True
     )
 
     listen: Listen = Listen()

@@ -82,3 +82,64 @@ async def book(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Book]:
         stack.push_async_callback(the_book.close)
         await the_book.migrate()
         yield the_book
+
+
+@pytest.fixture
+async def fake_upstream() -> AsyncIterator[str]:
+    from gateway.fake_upstream import FakeConfig, start_fake_upstream
+    from tests.gateway_harness import MODELS
+
+    runner, base_url = await start_fake_upstream(FakeConfig(models=tuple(MODELS)))
+    yield base_url
+    await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def store_settings(backend: str, tmp_path) -> AsyncIterator[dict]:
+    """Settings fields selecting a backend, with its storage isolated for one test."""
+    if backend == "embedded":
+        yield {"sqlite_path": str(tmp_path / "gateway.sqlite3")}
+        return
+    async with pg_schema() as dsn:
+        client = aioredis.from_url(REDIS_TEST_URL)
+        try:
+            await client.ping()
+        except (OSError, aioredis.ConnectionError) as exc:
+            missing_service(f"Redis not reachable at {REDIS_TEST_URL}: {exc}")
+        prefix = f"mwt{uuid.uuid4().hex[:10]}"
+        try:
+            yield {"database_url": dsn, "redis_url": REDIS_TEST_URL, "redis_prefix": prefix}
+        finally:
+            async for key in client.scan_iter(match=f"{prefix}:*"):
+                await client.delete(key)
+            await client.aclose()
+
+
+@pytest.fixture(params=["embedded", "production"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def gateway_factory(backend: str, fake_upstream: str, tmp_path):
+    """Start gateways (default settings or overrides) on one backend; each is checked and stopped at the end."""
+    from tests.gateway_harness import settings_for, start_gateway
+
+    started = []
+    async with store_settings(backend, tmp_path) as store:
+        async def start(upstream_url: str | None = None, **overrides):
+            harness = await start_gateway(settings_for(upstream_url or fake_upstream, store, **overrides))
+            started.append(harness)
+            return harness
+
+        yield start
+        for harness in started:
+            # Holds never leak and the ledger balances, after every test.
+            await harness.assert_no_holds()
+            await harness.totals()
+            await harness.runner.cleanup()
+
+
+@pytest.fixture
+async def gw(gateway_factory):
+    return await gateway_factory()
