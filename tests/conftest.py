@@ -31,21 +31,28 @@ def missing_service(reason: str) -> None:
     pytest.skip(reason)
 
 
-@contextlib.asynccontextmanager
-async def pg_schema() -> AsyncIterator[str]:
-    """A DSN whose search_path is a fresh schema, dropped afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+async def _pg_admin(sql: str) -> None:
+    # A fresh connection each time: fault tests terminate long-lived ones.
     try:
         conn = await asyncpg.connect(PG_ADMIN_DSN)
     except (OSError, asyncpg.PostgresError) as exc:
         missing_service(f"Postgres not reachable at {PG_ADMIN_DSN}: {exc}")
     try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def pg_schema() -> AsyncIterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    await _pg_admin(f"CREATE SCHEMA {schema}")
+    try:
         sep = "&" if "?" in PG_ADMIN_DSN else "?"
         yield f"{PG_ADMIN_DSN}{sep}search_path={schema}"
     finally:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
+        await _pg_admin(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def settings_for(upstream_url: str, store: dict[str, Any], **overrides: Any) -> 
               "expiry_sweep_interval_s": 0.2} | overrides.pop("limits", {})
     return Settings(
         providers={"fake": {"base_url": upstream_url, "models": list(MODELS)}},
-        models=MODELS, limits=limits, admin_token=ADMIN_TOKEN, **store, **overrides,
+        models=MODELS, limits=limits, admin_token=ADMIN_TOKEN, **{**store, **overrides},
     )
 
 
