@@ -287,3 +287,25 @@ async def test_metrics_expose_the_core_four(gw) -> None:
     expected = cost_nusd(price_of(gw, MINI), TokenUsage(10, 2))
     assert f'meterway_charged_nusd_total{{model="gpt-4o-mini"}} {float(expected)}' in text
     assert 'meterway_overhead_seconds_bucket{endpoint="chat",le="0.001"}' in text
+
+
+async def test_gateway_answers_match_openais_published_schemas(gw) -> None:
+    from tests.openapi_schema import require_spec
+
+    require_spec()
+    _, key = await gw.funded_key("1")
+    status, models = await gw.get_json("/v1/models", key)
+    assert status == 200
+    validate("ListModelsResponse", models)
+    raw = await gw.client(key).chat.completions.with_raw_response.create(
+        model=MINI, messages=user("FAKE:completion_tokens=3"), stream=True, stream_options={"include_usage": True})
+    import orjson
+
+    events = [line[6:] for line in (await raw.http_response.aread()).split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    for chunk in chunks:
+        validate("CreateChatCompletionStreamResponse", chunk)
+    assert chunks[-1]["usage"]["cost"] > 0
+    status, _, error = await gw.raw_post("/v1/chat/completions", b"{", key)
+    validate("ErrorResponse", error)
