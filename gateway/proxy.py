@@ -6,47 +6,37 @@ Billing.release; the `finally` blocks below are where that is guaranteed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from config.pricing import TokenUsage
-from gateway import errors
+from gateway import errors, tokens
 from gateway.auth import authenticate
 from gateway.billing import Hold, Shortage
+from gateway.calls import (
+    Call,
+    close_hold,
+    observe,
+    passthrough_error,
+    prompt_tokens,
+    upstream_failure,
+    upstream_headers,
+    upstream_url,
+    usage_record,
+)
 from gateway.errors import ApiError
 from gateway.estimate import output_tokens_max, tight_prompt_tokens, worst_case_nusd
-from gateway.metering import Metered, count_prompt, meter, usage_from_body
-from gateway.settlement import SettlementUnavailable
-from gateway.state import STATE, GatewayState, Route
-from gateway import tokens
-from ledger.book import ApiKeyRecord, SettleResult, UsageRecord
+from gateway.metering import meter, usage_from_body
+from gateway.state import STATE, GatewayState
+from gateway.streaming import relay
 from ledger.money import format_usd
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding"}
-UPSTREAM_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 REQUIRED_INPUT = {"chat": "messages", "completion": "prompt", "embedding": "input"}
-
-
-@dataclass(frozen=True)
-class Call:
-    """A request that passed every check and may be forwarded."""
-
-    request_id: str
-    endpoint: str
-    key: ApiKeyRecord
-    route: Route
-    payload: dict[str, Any]
-    body: bytes
-    stream: bool
-    client_wants_usage: bool
-    started: float
 
 
 def new_request_id() -> str:
@@ -69,8 +59,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if isinstance(hold, ApiError):
             return _refuse(state, endpoint, hold, request_id)
         if call.stream:
-            from gateway.streaming import relay
-
             return await relay(state, request, call, hold)
         return await _forward(state, call, hold)
     finally:
@@ -148,17 +136,6 @@ async def _hold(state: GatewayState, call: Call, amount_nusd: int) -> Hold | Sho
     return await state.billing.reserve(call.key.wallet_id, call.request_id, amount_nusd)
 
 
-def upstream_headers(route: Route, stream: bool) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
-    if route.api_key:
-        headers["Authorization"] = f"Bearer {route.api_key}"
-    return headers
-
-
-def upstream_url(call: Call) -> str:
-    return call.route.provider.base_url + UPSTREAM_PATHS[call.endpoint]
-
-
 async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamResponse:
     sent = time.perf_counter()
     try:
@@ -167,14 +144,14 @@ async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamRes
             status, content_type = upstream.status, upstream.headers.get("Content-Type", "application/json")
     except BaseException as exc:
         await close_hold(state, hold, None)
-        return _upstream_failure(state, call, exc)
+        return upstream_failure(state, call, exc)
     upstream_s = time.perf_counter() - sent
     if status != 200:
         await close_hold(state, hold, None)
-        return _passthrough_error(state, call, status, raw, content_type)
+        return passthrough_error(state, call, status, raw, content_type)
     data = _loads_or_none(raw)
     reported = usage_from_body(data.get("usage")) if data else None
-    counted = None if reported else TokenUsage(_prompt_tokens(call), _completion_tokens_of_body(call, data))
+    counted = None if reported else TokenUsage(prompt_tokens(call), _completion_tokens_of_body(call, data))
     metered = meter(call.route.price, reported, counted)
     served_model = data.get("model") if data and isinstance(data.get("model"), str) else call.route.model_name
     headers = {"Content-Type": content_type, "X-Request-Id": call.request_id, "X-Model": served_model,
@@ -189,73 +166,12 @@ async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamRes
     return web.Response(status=200, body=raw, headers=headers)
 
 
-async def close_hold(state: GatewayState, hold: Hold, record: UsageRecord | None) -> SettleResult | None:
-    """Settle (record given) or release (None): the one exit of every hold.
-
-    Returns None when nothing was committed; then the caller must not show a cost.
-    """
-    if record is None or hold.amount_nusd == 0 and record.cost_nusd == 0:
-        await state.billing.release(hold)
-        return None
-    try:
-        return await state.billing.settle(hold, record)
-    except SettlementUnavailable:
-        return None
-
-
-def usage_record(call: Call, hold: Hold, metered: Metered, status: str, upstream_s: float) -> UsageRecord:
-    usage, price = metered.usage, call.route.price
-    return UsageRecord(
-        request_id=call.request_id, key_id=call.key.key_id, wallet_id=call.key.wallet_id, bot=call.key.bot,
-        model=call.route.model_name, upstream=call.route.provider_name, endpoint=call.endpoint, status=status,
-        usage_source=metered.source, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
-        completion_tokens=usage.completion_tokens, input_per_1m_nusd=price.input_per_1m_nusd,
-        cached_input_per_1m_nusd=price.cached_input_per_1m_nusd, output_per_1m_nusd=price.output_per_1m_nusd,
-        per_call_nusd=price.per_call_nusd, cost_nusd=metered.cost_nusd, held_nusd=hold.amount_nusd,
-        latency_ms=(time.perf_counter() - call.started) * 1000, upstream_latency_ms=upstream_s * 1000,
-    )
-
-
-def observe(state: GatewayState, call: Call, outcome: str, metered: Metered | None, upstream_s: float) -> None:
-    metrics = state.metrics
-    metrics.requests.labels(call.endpoint, outcome).inc()
-    metrics.overhead_seconds.labels(call.endpoint).observe(max(time.perf_counter() - call.started - upstream_s, 0.0))
-    if metered is None:
-        return
-    model, usage = call.route.model_name, metered.usage
-    metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens - usage.cached_tokens)
-    metrics.tokens.labels(model, "cached").inc(usage.cached_tokens)
-    metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
-    metrics.charged_nusd.labels(model).inc(metered.cost_nusd)
-
-
-def _upstream_failure(state: GatewayState, call: Call, exc: BaseException) -> web.Response:
-    if isinstance(exc, asyncio.TimeoutError):
-        error = errors.upstream_timeout()
-    elif isinstance(exc, aiohttp.ClientError):
-        error = errors.upstream_unreachable()
-    else:
-        raise exc
-    observe(state, call, f"upstream_{error.status}", None, 0.0)
-    return error.response(call.request_id)
-
-
-def _passthrough_error(state: GatewayState, call: Call, status: int, raw: bytes, content_type: str) -> web.Response:
-    observe(state, call, f"upstream_{status}", None, 0.0)
-    return web.Response(status=status, body=raw, headers={"Content-Type": content_type, "X-Request-Id": call.request_id})
-
-
 def _loads_or_none(raw: bytes) -> dict[str, Any] | None:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def _prompt_tokens(call: Call) -> int:
-    encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding)
-    return count_prompt(call.endpoint, call.payload, encoding.name)
 
 
 def _completion_tokens_of_body(call: Call, data: dict[str, Any] | None) -> int:

@@ -23,13 +23,13 @@ from config.pricing import TokenUsage
 from gateway import tokens
 from gateway.billing import Hold
 from gateway.metering import meter, usage_from_body
-from gateway.proxy import (
+from gateway.calls import (
     Call,
-    _passthrough_error,
-    _prompt_tokens,
-    _upstream_failure,
     close_hold,
     observe,
+    passthrough_error,
+    prompt_tokens,
+    upstream_failure,
     upstream_headers,
     upstream_url,
     usage_record,
@@ -153,12 +153,12 @@ async def relay(state: GatewayState, request: web.Request, call: Call, hold: Hol
         )
     except BaseException as exc:
         await close_hold(state, hold, None)
-        return _upstream_failure(state, call, exc)
+        return upstream_failure(state, call, exc)
     try:
         if upstream.status != 200:
             raw = await _read_error_body(upstream)
             await close_hold(state, hold, None)
-            return _passthrough_error(state, call, upstream.status, raw, upstream.headers.get("Content-Type", "application/json"))
+            return passthrough_error(state, call, upstream.status, raw, upstream.headers.get("Content-Type", "application/json"))
         return await _relay_events(state, request, call, hold, upstream, sent)
     finally:
         upstream.close()
@@ -210,7 +210,7 @@ async def _settle_stream(state: GatewayState, call: Call, hold: Hold, tracker: S
     if tracker.reported is None:
         encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding).name
         completion = tokens.count_text("".join(tracker.relayed_text), encoding)
-        counted = TokenUsage(_prompt_tokens(call), completion)
+        counted = TokenUsage(prompt_tokens(call), completion)
         status = "partial" if status == "ok" else status
     metered = meter(call.route.price, tracker.reported, counted)
     record = usage_record(call, hold, metered, status, upstream_s)

@@ -26,12 +26,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
+from ledger.money import AMOUNT_NUSD_MAX
+
 # Redis Lua numbers are IEEE-754 doubles, exact for integers only up to 2**53.
 # Every amount, balance and version handed to a hold store must therefore stay
 # strictly within +-2**53: 9_007_199_254_740_992 nUSD, about $9.0M per wallet.
 # Both backends enforce the same limit so they behave identically.
-# (ledger.money.AMOUNT_NUSD_MAX is the same bound for parsed amounts.)
-NUSD_LIMIT = 2**53
+NUSD_LIMIT = AMOUNT_NUSD_MAX + 1  # exclusive bound; see ledger/money.py
 
 # reserve() releases at most this many of the wallet's expired holds before it
 # decides, so a script never runs unboundedly long. If the first batch was full

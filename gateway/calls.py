@@ -1,0 +1,111 @@
+"""What the endpoints share: a validated call, where it goes, and how it ends.
+
+Every hold ends in close_hold(): settle when there is a usage record,
+release when there is none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway import errors, tokens
+from gateway.billing import Hold
+from gateway.metering import Metered, count_prompt
+from gateway.settlement import SettlementUnavailable
+from gateway.state import GatewayState, Route
+from ledger.book import ApiKeyRecord, SettleResult, UsageRecord
+
+UPSTREAM_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request that passed every check and may be forwarded."""
+
+    request_id: str
+    endpoint: str
+    key: ApiKeyRecord
+    route: Route
+    payload: dict[str, Any]
+    body: bytes
+    stream: bool
+    client_wants_usage: bool
+    started: float
+
+
+def upstream_headers(route: Route, stream: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
+    if route.api_key:
+        headers["Authorization"] = f"Bearer {route.api_key}"
+    return headers
+
+
+def upstream_url(call: Call) -> str:
+    return call.route.provider.base_url + UPSTREAM_PATHS[call.endpoint]
+
+
+async def close_hold(state: GatewayState, hold: Hold, record: UsageRecord | None) -> SettleResult | None:
+    """Settle (record given) or release (None): the one exit of every hold.
+
+    Returns None when nothing was committed; then the caller must not show a cost.
+    """
+    if record is None or hold.amount_nusd == 0 and record.cost_nusd == 0:
+        await state.billing.release(hold)
+        return None
+    try:
+        return await state.billing.settle(hold, record)
+    except SettlementUnavailable:
+        return None
+
+
+def usage_record(call: Call, hold: Hold, metered: Metered, status: str, upstream_s: float) -> UsageRecord:
+    usage, price = metered.usage, call.route.price
+    return UsageRecord(
+        request_id=call.request_id, key_id=call.key.key_id, wallet_id=call.key.wallet_id, bot=call.key.bot,
+        model=call.route.model_name, upstream=call.route.provider_name, endpoint=call.endpoint, status=status,
+        usage_source=metered.source, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens, input_per_1m_nusd=price.input_per_1m_nusd,
+        cached_input_per_1m_nusd=price.cached_input_per_1m_nusd, output_per_1m_nusd=price.output_per_1m_nusd,
+        per_call_nusd=price.per_call_nusd, cost_nusd=metered.cost_nusd, held_nusd=hold.amount_nusd,
+        latency_ms=(time.perf_counter() - call.started) * 1000, upstream_latency_ms=upstream_s * 1000,
+    )
+
+
+def observe(state: GatewayState, call: Call, outcome: str, metered: Metered | None, upstream_s: float) -> None:
+    metrics = state.metrics
+    metrics.requests.labels(call.endpoint, outcome).inc()
+    metrics.overhead_seconds.labels(call.endpoint).observe(max(time.perf_counter() - call.started - upstream_s, 0.0))
+    if metered is None:
+        return
+    model, usage = call.route.model_name, metered.usage
+    metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens - usage.cached_tokens)
+    metrics.tokens.labels(model, "cached").inc(usage.cached_tokens)
+    metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+    metrics.charged_nusd.labels(model).inc(metered.cost_nusd)
+
+
+def upstream_failure(state: GatewayState, call: Call, exc: BaseException) -> web.Response:
+    if isinstance(exc, asyncio.TimeoutError):
+        error = errors.upstream_timeout()
+    elif isinstance(exc, aiohttp.ClientError):
+        error = errors.upstream_unreachable()
+    else:
+        raise exc
+    observe(state, call, f"upstream_{error.status}", None, 0.0)
+    return error.response(call.request_id)
+
+
+def passthrough_error(state: GatewayState, call: Call, status: int, raw: bytes, content_type: str) -> web.Response:
+    observe(state, call, f"upstream_{status}", None, 0.0)
+    return web.Response(status=status, body=raw, headers={"Content-Type": content_type, "X-Request-Id": call.request_id})
+
+
+def prompt_tokens(call: Call) -> int:
+    encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding)
+    return count_prompt(call.endpoint, call.payload, encoding.name)
