@@ -106,6 +106,9 @@ class Limits(_Frozen):
     settle_retry_max: int = Field(5, ge=0)
     settle_retry_delay_s: float = Field(0.2, ge=0)
     key_cache_ttl_s: float = Field(5.0, ge=0)
+    # A refused wallet is re-read from the book at most this often, so a
+    # top-up made by another process is seen without flooding the database.
+    wallet_refresh_interval_s: float = Field(1.0, ge=0)
     key_cache_entries_max: int = Field(100_000, gt=0)
     expiry_sweep_interval_s: float = Field(1.0, gt=0)
     expiry_sweep_batch_max: int = Field(256, gt=0)

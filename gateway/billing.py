@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from gateway.errors import ApiError, service_unavailable
 from gateway.settlement import Settler
 from ledger.book import Book, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
+
+
+# Bounds the memory of when each wallet was last re-read from the book.
+REFRESH_ENTRIES_MAX = 100_000
 
 
 class HoldState(enum.Enum):
@@ -41,17 +47,25 @@ class Shortage:
 
 
 class Billing:
-    def __init__(self, book: Book, holds: HoldStore, settler: Settler, hold_ttl_s: float) -> None:
+    def __init__(self, book: Book, holds: HoldStore, settler: Settler, hold_ttl_s: float,
+                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._book = book
         self._holds = holds
         self._settler = settler
         self._hold_ttl_s = hold_ttl_s
+        self._refresh_interval_s = refresh_interval_s
+        self._clock = clock
+        self._refreshed_at: dict[str, float] = {}
 
     async def reserve(self, wallet_id: str, request_id: str, amount_nusd: int) -> Hold | Shortage | ApiError:
         assert amount_nusd > 0, amount_nusd
         try:
             result = await self._holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
-            if result.status is ReserveStatus.WALLET_UNKNOWN:
+            if result.status is ReserveStatus.WALLET_UNKNOWN or (
+                result.status is ReserveStatus.INSUFFICIENT and self._may_refresh(wallet_id)
+            ):
+                # Unknown to the mirror, or maybe topped up by another process
+                # (the CLI, an admin call elsewhere): ask the book, then retry once.
                 wallet = await self._book.wallet(wallet_id)
                 if wallet is None:
                     return Shortage(0, amount_nusd)
@@ -64,6 +78,16 @@ class Billing:
         if result.status is ReserveStatus.RESERVED:
             return Hold(request_id, wallet_id, amount_nusd)
         return Shortage(max(result.available_nusd, 0), amount_nusd)
+
+    def _may_refresh(self, wallet_id: str) -> bool:
+        """At most one book read per wallet per refresh interval, so refusals stay cheap."""
+        now = self._clock()
+        if now - self._refreshed_at.get(wallet_id, float("-inf")) < self._refresh_interval_s:
+            return False
+        if len(self._refreshed_at) >= REFRESH_ENTRIES_MAX:
+            self._refreshed_at.clear()
+        self._refreshed_at[wallet_id] = now
+        return True
 
     async def settle(self, hold: Hold, record: UsageRecord) -> SettleResult:
         assert hold.state is HoldState.OPEN, hold

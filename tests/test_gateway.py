@@ -309,3 +309,20 @@ async def test_gateway_answers_match_openais_published_schemas(gw) -> None:
     assert chunks[-1]["usage"]["cost"] > 0
     status, _, error = await gw.raw_post("/v1/chat/completions", b"{", key)
     validate("ErrorResponse", error)
+
+
+async def test_a_top_up_made_by_another_process_is_seen_without_restart(gw) -> None:
+    wallet, key = await gw.funded_key("0")
+    client = gw.client(key)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="flat-fee", messages=user("x"))
+    assert caught.value.status_code == 402
+    # Credit the book directly, as the CLI in another process does: this
+    # gateway's mirror of the wallet is not told.
+    from ledger.book import FUNDING_ACCOUNT, Transfer, TransferKind
+
+    await gw.state.book.transfer(Transfer("topup-1", FUNDING_ACCOUNT, wallet, parse_usd("0.05"), TransferKind.ADJUSTMENT))
+    await asyncio.sleep(1.05)  # the refusal above may have just refreshed the mirror
+    reply = await client.chat.completions.create(model="flat-fee", messages=user("x"))
+    assert reply.choices[0].message.content
+    assert await gw.balance(wallet) == parse_usd("0.04")
