@@ -32,6 +32,7 @@ value within +-2**53 (see NUSD_LIMIT). Numbers are never formatted by Lua
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -194,6 +195,82 @@ return out
 )
 
 
+# Script calls sent in one pipeline at most; more wait for the next one.
+PIPELINE_MAX = 256
+
+
+class _ScriptBatcher:
+    """Pipelines the script calls that queue up while a round trip is in flight.
+
+    When Redis is idle a call is sent at once, alone; calls made while a
+    pipeline is on the wire wait for it and then leave together, up to
+    pipeline_max per pipeline (group commit, applied to Redis). Each call stays
+    its own atomic script; only the round trip is shared. Under load this turns
+    N requests' calls into one write and one read on one connection.
+    """
+
+    def __init__(self, client: aioredis.Redis, pipeline_max: int) -> None:
+        self._client = client
+        self._pipeline_max = pipeline_max
+        self._pending: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._in_flight: asyncio.Task[None] | None = None
+
+    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((script, keys, args, future))
+        if self._in_flight is None:
+            self._send_pending()
+        return await future
+
+    def _send_pending(self) -> None:
+        batch, self._pending = self._pending[: self._pipeline_max], self._pending[self._pipeline_max :]
+        self._in_flight = asyncio.get_running_loop().create_task(self._send(batch))
+        self._in_flight.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight = None
+        if self._pending:
+            self._send_pending()
+
+    async def _send(self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._execute(batch)
+            missing = [i for i, r in enumerate(results) if isinstance(r, redis_exc.NoScriptError)]
+            if missing:
+                # Redis restarted or flushed its script cache: load and resend those.
+                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
+                    await self._client.script_load(script.script)
+                for i, result in zip(missing, await self._execute([batch[i] for i in missing])):
+                    results[i] = result
+        except BaseException as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (*_, future), result in zip(batch, results):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _execute(self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        if len(batch) == 1:
+            # A pipeline's own bookkeeping costs more than it saves for one call.
+            script, keys, args, _ = batch[0]
+            try:
+                return [await self._client.evalsha(script.sha, len(keys), *keys, *args)]
+            except redis_exc.NoScriptError as exc:
+                return [exc]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+
 def _ttl_ms(ttl_s: float) -> int:
     """Seconds -> whole milliseconds, rounded to nearest (0.05 -> 50); the
     scripts' clock has millisecond resolution, so ttl < 0.5 ms is "due now"."""
@@ -213,10 +290,14 @@ class RedisHolds:
     ``close_client`` is true: by default the caller owns it.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "mw", *, close_client: bool = False) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "mw", *, close_client: bool = False,
+                 pipeline_max: int = PIPELINE_MAX) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty and free of braces: {prefix!r}")
+        if pipeline_max < 1:
+            raise ValueError("pipeline_max must be at least 1")
         self._client = client
+        self._batcher = _ScriptBatcher(client, pipeline_max)
         self._prefix = prefix
         self._close_client = close_client
         self._global_key = f"{prefix}:expiry"
@@ -245,7 +326,7 @@ class RedisHolds:
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
+            return await self._batcher.call(script, keys, args)
         except _UNAVAILABLE as exc:
             raise HoldStoreUnavailable(f"Redis hold store unavailable: {exc}") from exc
 

@@ -293,10 +293,13 @@ async def test_concurrent_expire_due_releases_each_hold_once(holds: HoldStore, p
     expected = set()
     for w in ("a", "b", "c"):
         await holds.sync(w, 10_000, 1)
+    # Taken first: a reserve releases its wallet's expired holds by design,
+    # which would hide them from the sweepers under test.
+    await holds.reserve("a", "live", 5, LONG_TTL)
+    for w in ("a", "b", "c"):
         for i in range(40):
             assert (await holds.reserve(w, f"h{i}", 7, 0.05)).status is RESERVED
             expected.add(ExpiredHold(w, f"h{i}", 7))
-    await holds.reserve("a", "live", 5, LONG_TTL)
     await asyncio.sleep(0.15)
 
     async def sweeper(store: HoldStore) -> list[ExpiredHold]:
@@ -562,3 +565,23 @@ def _run_machine(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_random_operation_sequences_match_model(backend: str) -> None:
     _run_machine(backend)
+
+
+async def test_redis_script_cache_loss_is_recovered_mid_pipeline() -> None:
+    """After SCRIPT FLUSH (a Redis restart), batched calls reload their scripts and still run once each."""
+    client = await connect_redis()
+    prefix = f"mwt{uuid.uuid4().hex[:10]}"
+    store = RedisHolds(client, prefix=prefix)
+    try:
+        await store.sync("w", 1_000, 1)
+        await client.script_flush()
+        results = await asyncio.gather(*(store.reserve("w", f"h{i}", 10, LONG_TTL) for i in range(150)))
+        assert sum(r.status is RESERVED for r in results) == 100
+        assert await store.wallet("w") == WalletHolds(1_000, 1, 1_000, 100)
+        await client.script_flush()
+        released = await asyncio.gather(*(store.release("w", f"h{i}") for i in range(150)))
+        assert sum(released) == 100
+        assert await store.wallet("w") == WalletHolds(1_000, 1, 0, 0)
+    finally:
+        await delete_prefix(client, prefix)
+        await client.aclose()
