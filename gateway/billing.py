@@ -92,9 +92,11 @@ class Billing:
     async def settle(self, hold: Hold, record: UsageRecord) -> SettleResult:
         assert hold.state is HoldState.OPEN, hold
         assert record.request_id == hold.request_id and record.wallet_id == hold.wallet_id, (hold, record)
-        task = asyncio.ensure_future(self._settler.settle(record))
         hold.state = HoldState.SETTLED
-        return await asyncio.shield(task)
+        # Shielded: a cancelled caller (client gone, shutdown) must not stop the
+        # settlement half-way; once queued it is committed regardless.
+        future = await asyncio.shield(self._settler.submit(record))
+        return await asyncio.shield(future)
 
     async def release(self, hold: Hold) -> None:
         if hold.state is not HoldState.OPEN:

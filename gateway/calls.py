@@ -40,10 +40,7 @@ class Call:
 
 
 def upstream_headers(route: Route, stream: bool) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
-    if route.api_key:
-        headers["Authorization"] = f"Bearer {route.api_key}"
-    return headers
+    return route.headers_stream if stream else route.headers_json
 
 
 def upstream_url(call: Call) -> str:
@@ -78,16 +75,11 @@ def usage_record(call: Call, hold: Hold, metered: Metered, status: str, upstream
 
 
 def observe(state: GatewayState, call: Call, outcome: str, metered: Metered | None, upstream_s: float) -> None:
-    metrics = state.metrics
-    metrics.requests.labels(call.endpoint, outcome).inc()
-    metrics.overhead_seconds.labels(call.endpoint).observe(max(time.perf_counter() - call.started - upstream_s, 0.0))
-    if metered is None:
-        return
-    model, usage = call.route.model_name, metered.usage
-    metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens - usage.cached_tokens)
-    metrics.tokens.labels(model, "cached").inc(usage.cached_tokens)
-    metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
-    metrics.charged_nusd.labels(model).inc(metered.cost_nusd)
+    state.metrics.record(call.endpoint, outcome, max(time.perf_counter() - call.started - upstream_s, 0.0))
+    if metered is not None:
+        usage = metered.usage
+        state.metrics.record_usage(call.route.model_name, usage.prompt_tokens - usage.cached_tokens,
+                                   usage.cached_tokens, usage.completion_tokens, metered.cost_nusd)
 
 
 def upstream_failure(state: GatewayState, call: Call, exc: BaseException) -> web.Response:

@@ -5,7 +5,8 @@ Each app owns its registry, so several apps in one process (tests) stay apart.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -22,6 +23,15 @@ class Metrics:
     shortfall_nusd: Counter
     overhead_seconds: Histogram
     holds_expired: Counter
+    # metric.labels(...) costs a lock and a dict build; the hot path asks for the same few.
+    _children: dict[tuple[str, tuple[str, ...]], Any] = field(default_factory=dict)
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     @classmethod
     def create(cls) -> "Metrics":
@@ -38,6 +48,16 @@ class Metrics:
             ),
             holds_expired=Counter("meterway_holds_expired", "Holds released by expiry (nobody settled them).", registry=registry),
         )
+
+    def record(self, endpoint: str, outcome: str, overhead_s: float) -> None:
+        self._child(self.requests, endpoint, outcome).inc()
+        self._child(self.overhead_seconds, endpoint).observe(overhead_s)
+
+    def record_usage(self, model: str, prompt_uncached: int, cached: int, completion: int, charged_nusd: int) -> None:
+        self._child(self.tokens, model, "prompt").inc(prompt_uncached)
+        self._child(self.tokens, model, "cached").inc(cached)
+        self._child(self.tokens, model, "completion").inc(completion)
+        self._child(self.charged_nusd, model).inc(charged_nusd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

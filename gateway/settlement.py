@@ -49,9 +49,19 @@ class Settler:
         self._task = asyncio.create_task(self._run(), name="meterway-settler")
 
     async def settle(self, record: UsageRecord) -> SettleResult:
+        return await self.submit(record)
+
+    async def submit(self, record: UsageRecord) -> asyncio.Future[SettleResult]:
+        """Queue a settlement; the returned future resolves after its commit.
+
+        Once queued, the settlement happens whatever becomes of the caller.
+        """
         future: asyncio.Future[SettleResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put((record, future))
-        return await future
+        try:
+            self._queue.put_nowait((record, future))
+        except asyncio.QueueFull:
+            await self._queue.put((record, future))  # backpressure at limits.settle_queue_max
+        return future
 
     async def drain(self) -> None:
         """Wait until every queued settlement is committed (shutdown, tests)."""

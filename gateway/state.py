@@ -27,6 +27,9 @@ class Route:
     provider_name: str
     provider: Provider
     api_key: str | None
+    # Built once: the headers of every request sent upstream for this model.
+    headers_json: dict[str, str]
+    headers_stream: dict[str, str]
 
 
 @dataclass
@@ -52,5 +55,11 @@ def build_routes(settings: Settings) -> dict[str, Route]:
         found = settings.provider_of(name)
         assert found is not None, f"settings validation lets no model without a provider through: {name}"
         provider_name, provider = found
-        routes[name] = Route(name, model, model.price(), provider_name, provider, provider.resolve_api_key())
+        api_key = provider.resolve_api_key()
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        routes[name] = Route(
+            name, model, model.price(), provider_name, provider, api_key,
+            headers_json={"Content-Type": "application/json", "Accept": "application/json", **auth},
+            headers_stream={"Content-Type": "application/json", "Accept": "text/event-stream", **auth},
+        )
     return routes

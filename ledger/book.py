@@ -106,7 +106,10 @@ class UsageRecord:
         assert self.cost_nusd <= AMOUNT_NUSD_MAX, self
 
     def as_dict(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _USAGE_FIELDS}
+
+
+_USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 
 
 @dataclass(frozen=True)
