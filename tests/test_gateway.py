@@ -326,3 +326,20 @@ async def test_a_top_up_made_by_another_process_is_seen_without_restart(gw) -> N
     reply = await client.chat.completions.create(model="flat-fee", messages=user("x"))
     assert reply.choices[0].message.content
     assert await gw.balance(wallet) == parse_usd("0.04")
+
+
+async def test_real_cost_above_the_hold_charges_the_balance_and_records_the_shortfall(gw) -> None:
+    # The upstream reports far more prompt tokens than the body could hold
+    # (a misbehaving provider): the cost exceeds the hold and the balance.
+    price = price_of(gw, MINI)
+    wallet, key = await gw.funded_key("0.001")
+    raw = await gw.client(key).chat.completions.with_raw_response.create(
+        model=MINI, messages=user("FAKE:prompt_tokens=9000000 FAKE:completion_tokens=1"), max_tokens=1)
+    cost = cost_nusd(price, TokenUsage(9_000_000, 1))
+    assert raw.headers["x-usage-cost"] == format_usd(cost)
+    assert raw.headers["x-usage-shortfall"] == format_usd(cost - parse_usd("0.001"))
+    usage = await gw.usage(raw.headers["x-request-id"], key)
+    assert (usage["charged_nusd"], usage["shortfall_nusd"]) == (parse_usd("0.001"), cost - parse_usd("0.001"))
+    assert await gw.balance(wallet) == 0
+    totals = await gw.totals()
+    assert totals.usage_shortfall_nusd == cost - parse_usd("0.001") and totals.negative_wallets == 0
