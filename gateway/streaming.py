@@ -181,7 +181,7 @@ async def _relay_events(
     tracker = StreamTracker(call.endpoint)
     status = "ok"
     try:
-        await response.prepare(request)
+        await _prepare(response, request)
         async for event in sse_events(upstream.content, state.settings.limits.stream_event_bytes_max):
             if tracker.observe(event) is EventKind.FORWARD:
                 await _write(response, event)
@@ -248,6 +248,13 @@ def _usage_event_with_cost(event: dict[str, Any], cost_usd: str | None) -> bytes
     usage = {**event["usage"], "cost": COST_PLACEHOLDER}
     encoded = orjson.dumps({**event, "usage": usage})
     return encoded.replace(f'"{COST_PLACEHOLDER}"'.encode(), cost_usd.encode(), 1)
+
+
+async def _prepare(response: web.StreamResponse, request: web.Request) -> None:
+    try:
+        await response.prepare(request)
+    except (ConnectionError, aiohttp.ClientConnectionError) as exc:
+        raise ClientGone() from exc
 
 
 async def _write(response: web.StreamResponse, data: bytes) -> None:
