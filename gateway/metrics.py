@@ -53,6 +53,9 @@ class Metrics:
         self._child(self.requests, endpoint, outcome).inc()
         self._child(self.overhead_seconds, endpoint).observe(overhead_s)
 
+    def refused(self, endpoint: str, status: int) -> None:
+        self._child(self.requests, endpoint, f"refused_{status}").inc()
+
     def record_usage(self, model: str, prompt_uncached: int, cached: int, completion: int, charged_nusd: int) -> None:
         self._child(self.tokens, model, "prompt").inc(prompt_uncached)
         self._child(self.tokens, model, "cached").inc(cached)

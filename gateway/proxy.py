@@ -6,6 +6,7 @@ Billing.release; the `finally` blocks below are where that is guaranteed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -66,7 +67,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 def _refuse(state: GatewayState, endpoint: str, error: ApiError, request_id: str) -> web.Response:
-    state.metrics.requests.labels(endpoint, f"refused_{error.status}").inc()
+    state.metrics.refused(endpoint, error.status)
     return error.response(request_id)
 
 
@@ -121,7 +122,9 @@ async def _reserve(state: GatewayState, call: Call) -> Hold | ApiError:
     amount = worst_case_nusd(call.route.price, len(call.body), output_max)
     held = await _hold(state, call, amount)
     if isinstance(held, Shortage):
-        tight = tight_prompt_tokens(call.endpoint, call.payload, call.route.model_name, call.route.model, len(call.body))
+        # Tokenizing a prompt of up to limits.body_bytes_max takes a while: off the loop.
+        tight = await asyncio.get_running_loop().run_in_executor(
+            None, tight_prompt_tokens, call.endpoint, call.payload, call.route.model_name, call.route.model, len(call.body))
         tight_amount = worst_case_nusd(call.route.price, tight, output_max)
         if tight_amount < amount:
             held = await _hold(state, call, tight_amount)
