@@ -81,26 +81,40 @@ class Settler:
             while len(batch) < self._limits.batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                results = await self._write_with_retries([record for record, _ in batch])
+            except BaseException:
+                self._done(batch)
+                raise
+            if results is None:
+                self._fail(batch)
+                continue
+            # The next batch may commit while this one's holds are released.
+            self._spawn(self._finish(batch, results))
 
-    async def _commit(self, batch: list[tuple[UsageRecord, asyncio.Future[SettleResult]]]) -> None:
-        records = [record for record, _ in batch]
-        results = await self._write_with_retries(records)
-        if results is None:
-            error = SettlementUnavailable("the ledger is unavailable; the settlement will be retried")
-            for _, future in batch:
+    async def _finish(self, batch: list[tuple[UsageRecord, asyncio.Future[SettleResult]]], results: list[SettleResult]) -> None:
+        """Release the committed batch's holds, then wake its waiters (always, even if Redis fails)."""
+        try:
+            await self._release_holds([record for record, _ in batch], results)
+        except Exception:
+            log.exception("hold release failed after settlement; the holds will expire")
+        finally:
+            for (_, future), result in zip(batch, results):
                 if not future.done():
-                    future.set_exception(error)
-            self._requeue_later(records)
-            return
-        await self._release_holds(records, results)
-        for (_, future), result in zip(batch, results):
+                    future.set_result(result)
+            self.batches_committed += 1
+            self._done(batch)
+
+    def _fail(self, batch: list[tuple[UsageRecord, asyncio.Future[SettleResult]]]) -> None:
+        error = SettlementUnavailable("the ledger is unavailable; the settlement will be retried")
+        for _, future in batch:
             if not future.done():
-                future.set_result(result)
-        self.batches_committed += 1
+                future.set_exception(error)
+        self._requeue_later([record for record, _ in batch])
+        self._done(batch)
+
+    def _done(self, batch: list[tuple[UsageRecord, asyncio.Future[SettleResult]]]) -> None:
+        for _ in batch:
+            self._queue.task_done()
 
     async def _write_with_retries(self, records: list[UsageRecord]) -> list[SettleResult] | None:
         for attempt in range(self._limits.retry_max + 1):
