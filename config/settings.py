@@ -113,6 +113,8 @@ class Limits(_Frozen):
     expiry_sweep_interval_s: float = Field(1.0, gt=0)
     expiry_sweep_batch_max: int = Field(256, gt=0)
     db_pool_max: int = Field(10, gt=0)
+    redis_timeout_s: float = Field(5.0, gt=0)
+    redis_pipeline_max: int = Field(256, gt=0)
     shutdown_timeout_s: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")

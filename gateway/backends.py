@@ -39,8 +39,12 @@ async def open_holds(settings: Settings) -> HoldStore:
 
         from ledger.redis_holds import RedisHolds
 
-        client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        return RedisHolds(client, prefix=settings.redis_prefix, close_client=True)
+        limits = settings.limits
+        # No per-command socket timeout: RedisHolds puts one deadline on each
+        # pipeline, which costs far less than one per command.
+        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=limits.redis_timeout_s)
+        return RedisHolds(client, prefix=settings.redis_prefix, close_client=True,
+                          pipeline_max=limits.redis_pipeline_max, timeout_s=limits.redis_timeout_s)
     return InProcessHolds()
 
 

@@ -56,7 +56,7 @@ from ledger.holds import (
 )
 
 # Errors that mean "the store is unreachable / not writable right now".
-_UNAVAILABLE = (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.ReadOnlyError)
+_UNAVAILABLE = (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.ReadOnlyError, TimeoutError)
 
 # Shared Lua helpers, prepended to every script. Raw string: '\31' is Lua's
 # decimal escape for the \x1f separator and must reach Lua unchanged.
@@ -197,6 +197,8 @@ return out
 
 # Script calls sent in one pipeline at most; more wait for the next one.
 PIPELINE_MAX = 256
+# The deadline of one pipeline (or lone call), write to reply.
+TIMEOUT_S = 5.0
 
 
 class _ScriptBatcher:
@@ -209,9 +211,10 @@ class _ScriptBatcher:
     N requests' calls into one write and one read on one connection.
     """
 
-    def __init__(self, client: aioredis.Redis, pipeline_max: int) -> None:
+    def __init__(self, client: aioredis.Redis, pipeline_max: int, timeout_s: float) -> None:
         self._client = client
         self._pipeline_max = pipeline_max
+        self._timeout_s = timeout_s
         self._pending: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
         self._in_flight: asyncio.Task[None] | None = None
 
@@ -234,14 +237,15 @@ class _ScriptBatcher:
 
     async def _send(self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._execute(batch)
-            missing = [i for i, r in enumerate(results) if isinstance(r, redis_exc.NoScriptError)]
-            if missing:
-                # Redis restarted or flushed its script cache: load and resend those.
-                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
-                    await self._client.script_load(script.script)
-                for i, result in zip(missing, await self._execute([batch[i] for i in missing])):
-                    results[i] = result
+            async with asyncio.timeout(self._timeout_s):
+                results = await self._execute(batch)
+                missing = [i for i, r in enumerate(results) if isinstance(r, redis_exc.NoScriptError)]
+                if missing:
+                    # Redis restarted or flushed its script cache: load and resend those.
+                    for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
+                        await self._client.script_load(script.script)
+                    for i, result in zip(missing, await self._execute([batch[i] for i in missing])):
+                        results[i] = result
         except BaseException as exc:
             for *_, future in batch:
                 if not future.done():
@@ -291,13 +295,14 @@ class RedisHolds:
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str = "mw", *, close_client: bool = False,
-                 pipeline_max: int = PIPELINE_MAX) -> None:
+                 pipeline_max: int = PIPELINE_MAX, timeout_s: float = TIMEOUT_S) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty and free of braces: {prefix!r}")
         if pipeline_max < 1:
             raise ValueError("pipeline_max must be at least 1")
         self._client = client
-        self._batcher = _ScriptBatcher(client, pipeline_max)
+        self._timeout_s = timeout_s
+        self._batcher = _ScriptBatcher(client, pipeline_max, timeout_s)
         self._prefix = prefix
         self._close_client = close_client
         self._global_key = f"{prefix}:expiry"
@@ -377,7 +382,7 @@ class RedisHolds:
         check_wallet_id(wallet_id)
         wkey, hkey, _ = self.wallet_keys(wallet_id)
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
+            async with asyncio.timeout(self._timeout_s), self._client.pipeline(transaction=True) as pipe:
                 pipe.hmget(wkey, "balance", "version", "held")
                 pipe.hlen(hkey)
                 (balance, version, held), count = await pipe.execute()

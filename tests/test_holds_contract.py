@@ -585,3 +585,23 @@ async def test_redis_script_cache_loss_is_recovered_mid_pipeline() -> None:
     finally:
         await delete_prefix(client, prefix)
         await client.aclose()
+
+
+async def test_a_redis_that_never_answers_fails_within_the_deadline() -> None:
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(-1)  # accept and read, never reply: a hung server
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+    store = RedisHolds(client, prefix="hung", timeout_s=0.3)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(HoldStoreUnavailable):
+            await store.reserve("w", "h", 10, LONG_TTL)
+        with pytest.raises(HoldStoreUnavailable):
+            await store.wallet("w")
+        assert asyncio.get_running_loop().time() - started < 2.0
+    finally:
+        await client.aclose()
+        server.close()
