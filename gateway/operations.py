@@ -24,6 +24,9 @@ from ledger.errors import UnknownAccount
 from ledger.holds import HoldStore, WalletHolds
 
 
+REQUEST_ID_PREFIX = "req_"
+
+
 @dataclass(frozen=True)
 class WalletView:
     wallet: Wallet
@@ -47,6 +50,9 @@ class Operations:
         return await self.book.create_wallet(wallet_id, name)
 
     async def credit(self, wallet_id: str, amount_nusd: int, transfer_id: str | None = None, memo: str | None = None) -> tuple[TransferOutcome, Wallet]:
+        if transfer_id is not None and transfer_id.startswith(REQUEST_ID_PREFIX):
+            # Request ids name usage transfers; a credit must never take one.
+            raise ValueError(f"transfer ids starting with {REQUEST_ID_PREFIX!r} are reserved for requests")
         transfer = Transfer(
             transfer_id or f"adj_{uuid.uuid4().hex}", FUNDING_ACCOUNT, wallet_id, amount_nusd, TransferKind.ADJUSTMENT, memo=memo
         )

@@ -32,6 +32,7 @@ from gateway.calls import (
 from gateway.errors import ApiError
 from gateway.estimate import output_tokens_max, tight_prompt_tokens, worst_case_nusd
 from gateway.metering import meter, usage_from_body
+from gateway.operations import REQUEST_ID_PREFIX
 from gateway.state import STATE, GatewayState
 from gateway.streaming import relay
 from ledger.money import format_usd
@@ -41,7 +42,7 @@ REQUIRED_INPUT = {"chat": "messages", "completion": "prompt", "embedding": "inpu
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    return f"{REQUEST_ID_PREFIX}{uuid.uuid4().hex}"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

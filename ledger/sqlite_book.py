@@ -30,7 +30,7 @@ from ledger.book import (
     migration_files,
     validate_wallet_id,
 )
-from ledger.rows import key_record, settled_usage, transfer_record
+from ledger.rows import USAGE_COLUMNS, key_record, settled_usage, transfer_record
 from ledger.errors import AccountExists, IdempotencyConflict, InsufficientFunds, LedgerUnavailable, UnknownAccount
 
 T = TypeVar("T")
@@ -247,8 +247,22 @@ def _settle_batch(conn: sqlite3.Connection, items: Sequence[UsageRecord]) -> lis
         raise
 
 
+_USAGE_INSERT = (
+    f"INSERT INTO mw_usage ({', '.join(USAGE_COLUMNS)}, charged_nusd, shortfall_nusd)"
+    f" VALUES ({', '.join('?' * (len(USAGE_COLUMNS) + 2))})"
+)
+_TRANSFER_INSERT = (
+    "INSERT INTO mw_transfers (id, debit_account, credit_account, amount_nusd, kind, request_id) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 def _settle_one(conn: sqlite3.Connection, item: UsageRecord) -> SettleResult:
-    """The same steps as mw_settle_batch() in the Postgres migration."""
+    """The same steps as mw_settle_batch() in the Postgres migration.
+
+    Few statements on purpose: this runs on a thread that must win the GIL
+    back from a busy event loop before each one. Foreign keys, the primary
+    keys and the overdraft CHECK still guard every write.
+    """
     prior = conn.execute(
         "SELECT wallet_id, cost_nusd, charged_nusd, shortfall_nusd FROM mw_usage WHERE request_id = ?", (item.request_id,)
     ).fetchone()
@@ -257,22 +271,21 @@ def _settle_one(conn: sqlite3.Connection, item: UsageRecord) -> SettleResult:
         if prior[1] == item.cost_nusd and prior[0] == item.wallet_id:
             return SettleResult(item.request_id, SettleOutcome.REPLAY, prior[2], prior[3], balance, version)
         return SettleResult(item.request_id, SettleOutcome.CONFLICT, 0, 0, balance, version)
-    row = conn.execute("SELECT balance_nusd FROM mw_accounts WHERE id = ? AND kind = 'wallet'", (item.wallet_id,)).fetchone()
+    row = conn.execute(
+        "SELECT balance_nusd, version FROM mw_accounts WHERE id = ? AND kind = 'wallet'", (item.wallet_id,)
+    ).fetchone()
     if row is None:
         return SettleResult(item.request_id, SettleOutcome.UNKNOWN_WALLET, 0, 0, 0, 0)
-    charged = min(item.cost_nusd, row[0])
+    balance, version = row
+    charged = min(item.cost_nusd, balance)
     shortfall = item.cost_nusd - charged
     if charged > 0:
-        _insert_transfer(conn, Transfer(item.request_id, item.wallet_id, REVENUE_ACCOUNT, charged, TransferKind.USAGE, item.request_id))
+        conn.execute(_TRANSFER_INSERT, (item.request_id, item.wallet_id, REVENUE_ACCOUNT, charged, TransferKind.USAGE.value, item.request_id))
+        balance, version = balance - charged, version + 1  # what the trigger just did
     if shortfall > 0:
-        _insert_transfer(
-            conn,
-            Transfer(f"{item.request_id}:shortfall", SHORTFALL_ACCOUNT, REVENUE_ACCOUNT, shortfall, TransferKind.SHORTFALL, item.request_id),
-        )
-    values = item.as_dict() | {"charged_nusd": charged, "shortfall_nusd": shortfall}
-    columns = ", ".join(values)
-    conn.execute(f"INSERT INTO mw_usage ({columns}) VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
-    balance, version = _balance(conn, item.wallet_id)
+        conn.execute(_TRANSFER_INSERT, (f"{item.request_id}:shortfall", SHORTFALL_ACCOUNT, REVENUE_ACCOUNT, shortfall,
+                                        TransferKind.SHORTFALL.value, item.request_id))
+    conn.execute(_USAGE_INSERT, (*(getattr(item, name) for name in USAGE_COLUMNS), charged, shortfall))
     return SettleResult(item.request_id, SettleOutcome.SETTLED, charged, shortfall, balance, version)
 
 

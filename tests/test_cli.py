@@ -47,6 +47,7 @@ def test_wallets_keys_and_credits_from_the_command_line(tmp_path: Path) -> None:
     (("wallet", "show", "nobody"), "no wallet"),
     (("keys", "create", "--wallet", "nobody"), "no wallet"),
     (("wallet", "create", "bad id!"), "wallet id"),
+    (("wallet", "credit", "acme", "1", "--id", "req_0123"), "reserved for requests"),
 ])
 def test_bad_operator_input_is_a_clear_message(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     meterway(tmp_path, "wallet", "create", "acme")
