@@ -155,7 +155,10 @@ async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamRes
         return passthrough_error(state, call, status, raw, content_type)
     data = _loads_or_none(raw)
     reported = usage_from_body(data.get("usage")) if data else None
-    counted = None if reported else TokenUsage(prompt_tokens(call), _completion_tokens_of_body(call, data))
+    counted = None
+    if reported is None:
+        # No usage from the upstream: count it ourselves, off the event loop.
+        counted = await asyncio.get_running_loop().run_in_executor(None, _count_usage, call, data)
     metered = meter(call.route.price, reported, counted)
     served_model = data.get("model") if data and isinstance(data.get("model"), str) else call.route.model_name
     headers = {"Content-Type": content_type, "X-Request-Id": call.request_id, "X-Model": served_model,
@@ -176,6 +179,10 @@ def _loads_or_none(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def _count_usage(call: Call, data: dict[str, Any] | None) -> TokenUsage:
+    return TokenUsage(prompt_tokens(call), _completion_tokens_of_body(call, data))
 
 
 def _completion_tokens_of_body(call: Call, data: dict[str, Any] | None) -> int:

@@ -57,8 +57,7 @@ class UpstreamBroken(Exception):
 class StreamTracker:
     """Reads each event once: what kind it is, the usage if any, the text relayed."""
 
-    def __init__(self, endpoint: str) -> None:
-        self._endpoint = endpoint
+    def __init__(self) -> None:
         self.usage_event: dict[str, Any] | None = None
         self.reported: TokenUsage | None = None
         self.served_model: str | None = None
@@ -178,7 +177,7 @@ async def _relay_events(
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Request-Id": call.request_id, "X-Model": call.route.model_name,
     })
-    tracker = StreamTracker(call.endpoint)
+    tracker = StreamTracker()
     status = "ok"
     try:
         await _prepare(response, request)
@@ -195,7 +194,8 @@ async def _relay_events(
     finally:
         # Runs on cancellation too: whatever was consumed is settled, exactly once.
         upstream_s = time.perf_counter() - sent
-        record = await _settle_stream(state, call, hold, tracker, status, upstream_s)
+        # Shielded as a unit: a second cancellation (shutdown) cannot cut it in half.
+        record = await asyncio.shield(_settle_stream(state, call, hold, tracker, status, upstream_s))
     if status == "client_closed":
         return response
     try:
@@ -208,15 +208,19 @@ async def _relay_events(
 async def _settle_stream(state: GatewayState, call: Call, hold: Hold, tracker: StreamTracker, status: str, upstream_s: float) -> str | None:
     counted = None
     if tracker.reported is None:
-        encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding).name
-        completion = tokens.count_text("".join(tracker.relayed_text), encoding)
-        counted = TokenUsage(prompt_tokens(call), completion)
+        # Cut short or no usage sent: count ourselves, off the event loop.
+        counted = await asyncio.get_running_loop().run_in_executor(None, _count_usage, call, "".join(tracker.relayed_text))
         status = "partial" if status == "ok" else status
     metered = meter(call.route.price, tracker.reported, counted)
     record = usage_record(call, hold, metered, status, upstream_s)
     result = await close_hold(state, hold, record)
     observe(state, call, status, metered, upstream_s)
     return None if result is None else format_usd(metered.cost_nusd)
+
+
+def _count_usage(call: Call, completion_text: str) -> TokenUsage:
+    encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding).name
+    return TokenUsage(prompt_tokens(call), tokens.count_text(completion_text, encoding))
 
 
 async def _finish(response: web.StreamResponse, call: Call, tracker: StreamTracker, cost_usd: str | None, status: str) -> None:
