@@ -17,7 +17,7 @@ from aiohttp import web
 from config.pricing import TokenUsage
 from gateway import errors, tokens
 from gateway.auth import authenticate
-from gateway.billing import Hold, Shortage
+from gateway.billing import Hold, HoldState, Shortage
 from gateway.calls import (
     Call,
     close_hold,
@@ -60,9 +60,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
         hold = await _reserve(state, call)
         if isinstance(hold, ApiError):
             return _refuse(state, endpoint, hold, request_id)
-        if call.stream:
-            return await relay(state, request, call, hold)
-        return await _forward(state, call, hold)
+        try:
+            if call.stream:
+                return await relay(state, request, call, hold)
+            return await _forward(state, call, hold)
+        finally:
+            if hold.state is HoldState.OPEN:
+                # Only an unexpected error gets here: never leave money held by it.
+                await state.billing.release(hold)
     finally:
         state.in_flight -= 1
 

@@ -343,3 +343,17 @@ async def test_real_cost_above_the_hold_charges_the_balance_and_records_the_shor
     assert await gw.balance(wallet) == 0
     totals = await gw.totals()
     assert totals.usage_shortfall_nusd == cost - parse_usd("0.001") and totals.negative_wallets == 0
+
+
+async def test_an_unexpected_error_after_the_hold_releases_it(gw, monkeypatch) -> None:
+    wallet, key = await gw.funded_key("1")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in metering")
+
+    monkeypatch.setattr("gateway.proxy.usage_from_body", broken)
+    with pytest.raises(openai.InternalServerError):
+        await gw.client(key).chat.completions.create(model=MINI, messages=user("x"))
+    holds = await gw.state.holds.wallet(wallet)
+    assert (holds.held_nusd, holds.hold_count) == (0, 0)
+    assert await gw.balance(wallet) == parse_usd("1")
