@@ -95,7 +95,9 @@ class Billing:
         hold.state = HoldState.SETTLED
         # Shielded: a cancelled caller (client gone, shutdown) must not stop the
         # settlement half-way; once queued it is committed regardless.
-        future = await asyncio.shield(self._settler.submit(record))
+        future = self._settler.try_submit(record)
+        if future is None:  # the queue is full: wait for room, still uncancellable
+            future = await asyncio.shield(self._settler.submit(record))
         return await asyncio.shield(future)
 
     async def release(self, hold: Hold) -> None:

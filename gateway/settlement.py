@@ -17,7 +17,7 @@ from typing import Any, Coroutine
 
 from ledger.book import Book, SettleOutcome, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
-from ledger.holds import HoldStore, HoldStoreUnavailable
+from ledger.holds import HoldSettlement, HoldStore, HoldStoreUnavailable
 
 log = logging.getLogger("meterway.settlement")
 
@@ -51,16 +51,25 @@ class Settler:
     async def settle(self, record: UsageRecord) -> SettleResult:
         return await self.submit(record)
 
-    async def submit(self, record: UsageRecord) -> asyncio.Future[SettleResult]:
-        """Queue a settlement; the returned future resolves after its commit.
+    def try_submit(self, record: UsageRecord) -> asyncio.Future[SettleResult] | None:
+        """Queue a settlement without waiting, or None if the queue is full.
 
-        Once queued, the settlement happens whatever becomes of the caller.
+        The returned future resolves after the commit; once queued, the
+        settlement happens whatever becomes of the caller.
         """
         future: asyncio.Future[SettleResult] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((record, future))
         except asyncio.QueueFull:
-            await self._queue.put((record, future))  # backpressure at limits.settle_queue_max
+            return None
+        return future
+
+    async def submit(self, record: UsageRecord) -> asyncio.Future[SettleResult]:
+        """try_submit(), waiting for room at limits.settle_queue_max (backpressure)."""
+        future = self.try_submit(record)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            await self._queue.put((record, future))
         return future
 
     async def drain(self) -> None:
@@ -126,20 +135,19 @@ class Settler:
         return None
 
     async def _release_holds(self, records: list[UsageRecord], results: list[SettleResult]) -> None:
-        async def release(record: UsageRecord, result: SettleResult) -> None:
-            if result.outcome is SettleOutcome.UNKNOWN_WALLET:
+        settled = [
+            HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version)
+            for record, result in zip(records, results) if result.outcome is not SettleOutcome.UNKNOWN_WALLET
+        ]
+        unknown = [record for record, result in zip(records, results) if result.outcome is SettleOutcome.UNKNOWN_WALLET]
+        try:
+            await self._holds.settle_many(settled)
+            for record in unknown:
                 await self._holds.release(record.wallet_id, record.request_id)
-            else:
-                await self._holds.settle(record.wallet_id, record.request_id, result.balance_nusd, result.version)
-
-        outcomes = await asyncio.gather(*(release(r, s) for r, s in zip(records, results)), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, HoldStoreUnavailable):
-                # The debit is committed; the hold expires on its own and the
-                # mirror catches up with the next (balance, version) it sees.
-                log.warning("hold release failed after settlement: %s", outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
+        except HoldStoreUnavailable as exc:
+            # The debits are committed; the holds expire on their own and the
+            # mirror catches up with the next (balance, version) it sees.
+            log.warning("hold release failed after settlement: %s", exc)
 
     def _requeue_later(self, records: list[UsageRecord]) -> None:
         # The upstream has done the work, so the charge must not be dropped:

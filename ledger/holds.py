@@ -24,7 +24,7 @@ import enum
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from ledger.money import AMOUNT_NUSD_MAX
 
@@ -95,6 +95,16 @@ class ExpiredHold:
     amount_nusd: int
 
 
+@dataclass(frozen=True)
+class HoldSettlement:
+    """A settled request's hold and the ledger's (balance, version) after it."""
+
+    wallet_id: str
+    hold_id: str
+    balance_nusd: int
+    version: int
+
+
 @runtime_checkable
 class HoldStore(Protocol):
     async def reserve(self, wallet_id: str, hold_id: str, amount_nusd: int, ttl_s: float) -> ReserveResult:
@@ -111,6 +121,10 @@ class HoldStore(Protocol):
         """Release the hold (if still there) and apply the ledger's new (balance,
         version) to the mirror if newer (creating the mirror if absent),
         atomically. Returns whether a hold was released."""
+        ...
+
+    async def settle_many(self, items: Sequence[HoldSettlement]) -> list[bool]:
+        """settle() for each item, in one round trip where the store allows."""
         ...
 
     async def release(self, wallet_id: str, hold_id: str) -> bool:
@@ -292,6 +306,12 @@ class InProcessHolds:
             self._compact(w)
 
     async def settle(self, wallet_id: str, hold_id: str, balance_nusd: int, version: int) -> bool:
+        return self._settle_now(wallet_id, hold_id, balance_nusd, version)
+
+    async def settle_many(self, items: Sequence[HoldSettlement]) -> list[bool]:
+        return [self._settle_now(i.wallet_id, i.hold_id, i.balance_nusd, i.version) for i in items]
+
+    def _settle_now(self, wallet_id: str, hold_id: str, balance_nusd: int, version: int) -> bool:
         check_wallet_id(wallet_id)
         check_hold_id(hold_id)
         check_balance(balance_nusd)

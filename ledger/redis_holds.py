@@ -33,7 +33,7 @@ value within +-2**53 (see NUSD_LIMIT). Numbers are never formatted by Lua
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Sequence
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
@@ -42,6 +42,7 @@ from ledger.holds import (
     RESERVE_EXPIRE_BATCH,
     RESERVE_EXPIRE_MAX,
     ExpiredHold,
+    HoldSettlement,
     HoldStoreUnavailable,
     ReserveResult,
     ReserveStatus,
@@ -219,11 +220,19 @@ class _ScriptBatcher:
         self._in_flight: asyncio.Task[None] | None = None
 
     async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, keys, args, future))
+        [result] = await self.call_many([(script, keys, args)])
+        return result
+
+    async def call_many(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for script, keys, args in calls:
+            futures.append(loop.create_future())
+            self._pending.append((script, keys, args, futures[-1]))
         if self._in_flight is None:
             self._send_pending()
-        return await future
+        # gather() over futures (not coroutines) creates no tasks.
+        return list(await asyncio.gather(*futures))
 
     def _send_pending(self) -> None:
         batch, self._pending = self._pending[: self._pipeline_max], self._pending[self._pipeline_max :]
@@ -356,6 +365,21 @@ class RedisHolds:
         keys = [*self.wallet_keys(wallet_id), self._global_key]
         reply = await self._run(self._settle, keys, [wallet_id, hold_id, str(balance_nusd), str(version)])
         return int(reply) == 1
+
+    async def settle_many(self, items: Sequence[HoldSettlement]) -> list[bool]:
+        calls = []
+        for item in items:
+            check_wallet_id(item.wallet_id)
+            check_hold_id(item.hold_id)
+            check_balance(item.balance_nusd)
+            check_version(item.version)
+            keys = [*self.wallet_keys(item.wallet_id), self._global_key]
+            calls.append((self._settle, keys, [item.wallet_id, item.hold_id, str(item.balance_nusd), str(item.version)]))
+        try:
+            replies = await self._batcher.call_many(calls)
+        except _UNAVAILABLE as exc:
+            raise HoldStoreUnavailable(f"Redis hold store unavailable: {exc}") from exc
+        return [int(reply) == 1 for reply in replies]
 
     async def release(self, wallet_id: str, hold_id: str) -> bool:
         check_wallet_id(wallet_id)

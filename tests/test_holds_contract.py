@@ -605,3 +605,24 @@ async def test_a_redis_that_never_answers_fails_within_the_deadline() -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_settle_many_is_settle_for_each_in_one_call(holds: HoldStore) -> None:
+    from ledger.holds import HoldSettlement
+
+    await holds.sync("w", 1_000, 1)
+    await holds.sync("v", 500, 1)
+    for i in range(5):
+        assert (await holds.reserve("w", f"h{i}", 10, LONG_TTL)).status is RESERVED
+    assert (await holds.reserve("v", "x", 50, LONG_TTL)).status is RESERVED
+    released = await holds.settle_many([
+        HoldSettlement("w", "h0", 990, 2),
+        HoldSettlement("w", "h1", 980, 3),
+        HoldSettlement("w", "gone", 970, 4),  # no such hold: the mirror still moves on
+        HoldSettlement("v", "x", 450, 2),
+        HoldSettlement("w", "h2", 960, 1),  # stale version: the hold goes, the balance stays
+    ])
+    assert released == [True, True, False, True, True]
+    assert await holds.wallet("w") == WalletHolds(970, 4, 20, 2)
+    assert await holds.wallet("v") == WalletHolds(450, 2, 0, 0)
+    assert await holds.settle_many([]) == []
