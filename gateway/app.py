@@ -50,7 +50,7 @@ def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Applica
         metrics = Metrics.create()
         routes = build_routes(settings)
         await asyncio.get_running_loop().run_in_executor(
-            None, tokens.warm_up, {tokens.encoding_for(r.model_name, r.model.encoding).name for r in routes.values()})
+            None, tokens.warm_up, {r.encoding.name for r in routes.values()})
         state = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler,
             billing=Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s),

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway import errors, tokens
+from gateway import errors
 from gateway.billing import Hold
 from gateway.metering import Metered, count_prompt
 from gateway.settlement import SettlementUnavailable
@@ -99,5 +99,4 @@ def passthrough_error(state: GatewayState, call: Call, status: int, raw: bytes, 
 
 
 def prompt_tokens(call: Call) -> int:
-    encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding)
-    return count_prompt(call.endpoint, call.payload, encoding.name)
+    return count_prompt(call.endpoint, call.payload, call.route.encoding.name)

@@ -61,8 +61,7 @@ def worst_case_nusd(price: ModelPrice, prompt_tokens_max: int, output_max: int) 
     return cost_nusd(bound, TokenUsage(prompt_tokens=prompt_tokens_max, completion_tokens=output_max))
 
 
-def tight_prompt_tokens(endpoint: str, payload: dict[str, Any], model_name: str, model: ModelConfig, body_bytes: int) -> int:
-    encoding = tokens.encoding_for(model_name, model.encoding)
+def tight_prompt_tokens(endpoint: str, payload: dict[str, Any], encoding: tokens.EncodingChoice, body_bytes: int) -> int:
     if encoding.name == tokens.BYTES:
         return body_bytes
     counted = count_prompt(endpoint, payload, encoding.name)

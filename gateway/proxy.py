@@ -130,7 +130,7 @@ async def _reserve(state: GatewayState, call: Call) -> Hold | ApiError:
     if isinstance(held, Shortage):
         # Tokenizing a prompt of up to limits.body_bytes_max takes a while: off the loop.
         tight = await asyncio.get_running_loop().run_in_executor(
-            None, tight_prompt_tokens, call.endpoint, call.payload, call.route.model_name, call.route.model, len(call.body))
+            None, tight_prompt_tokens, call.endpoint, call.payload, call.route.encoding, len(call.body))
         tight_amount = worst_case_nusd(call.route.price, tight, output_max)
         if tight_amount < amount:
             held = await _hold(state, call, tight_amount)
@@ -193,7 +193,7 @@ def _count_usage(call: Call, data: dict[str, Any] | None) -> TokenUsage:
 def _completion_tokens_of_body(call: Call, data: dict[str, Any] | None) -> int:
     if not data or call.endpoint == "embedding":
         return 0
-    encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding).name
+    encoding = call.route.encoding.name
     text = []
     for choice in data.get("choices") or []:
         if isinstance(choice, dict):

@@ -13,6 +13,7 @@ from gateway.auth import KeyCache
 from gateway.billing import Billing
 from gateway.metrics import Metrics
 from gateway.settlement import Settler
+from gateway.tokens import EncodingChoice, encoding_for
 from ledger.book import Book
 from ledger.holds import HoldStore
 
@@ -27,6 +28,7 @@ class Route:
     provider_name: str
     provider: Provider
     api_key: str | None
+    encoding: EncodingChoice  # what this model's tokens are counted with
     # Built once: the headers of every request sent upstream for this model.
     headers_json: dict[str, str]
     headers_stream: dict[str, str]
@@ -58,7 +60,7 @@ def build_routes(settings: Settings) -> dict[str, Route]:
         api_key = provider.resolve_api_key()
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         routes[name] = Route(
-            name, model, model.price(), provider_name, provider, api_key,
+            name, model, model.price(), provider_name, provider, api_key, encoding_for(name, model.encoding),
             headers_json={"Content-Type": "application/json", "Accept": "application/json", **auth},
             headers_stream={"Content-Type": "application/json", "Accept": "text/event-stream", **auth},
         )

@@ -195,11 +195,11 @@ async def _relay_events(
         # Runs on cancellation too: whatever was consumed is settled, exactly once.
         upstream_s = time.perf_counter() - sent
         # Shielded as a unit: a second cancellation (shutdown) cannot cut it in half.
-        record = await asyncio.shield(_settle_stream(state, call, hold, tracker, status, upstream_s))
+        cost_usd = await asyncio.shield(_settle_stream(state, call, hold, tracker, status, upstream_s))
     if status == "client_closed":
         return response
     try:
-        await _finish(response, call, tracker, record, status)
+        await _finish(response, call, tracker, cost_usd, status)
     except ClientGone:
         pass
     return response
@@ -219,8 +219,7 @@ async def _settle_stream(state: GatewayState, call: Call, hold: Hold, tracker: S
 
 
 def _count_usage(call: Call, completion_text: str) -> TokenUsage:
-    encoding = tokens.encoding_for(call.route.model_name, call.route.model.encoding).name
-    return TokenUsage(prompt_tokens(call), tokens.count_text(completion_text, encoding))
+    return TokenUsage(prompt_tokens(call), tokens.count_text(completion_text, call.route.encoding.name))
 
 
 async def _finish(response: web.StreamResponse, call: Call, tracker: StreamTracker, cost_usd: str | None, status: str) -> None:
