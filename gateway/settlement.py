@@ -131,7 +131,8 @@ class Settler:
                 return await self._book.settle_batch(records)
             except LedgerUnavailable as exc:
                 log.warning("settle batch of %d failed (attempt %d): %s", len(records), attempt + 1, exc)
-                await asyncio.sleep(self._limits.retry_delay_s * (2**attempt))
+                if attempt < self._limits.retry_max:  # after the last one, _requeue_later does the waiting
+                    await asyncio.sleep(self._limits.retry_delay_s * (2**attempt))
         return None
 
     async def _release_holds(self, records: list[UsageRecord], results: list[SettleResult]) -> None:
