@@ -31,6 +31,7 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     for path in proxy.ENDPOINTS:
         app.router.add_post(path, proxy.handle)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_get("/v1/usage/{request_id}", get_usage)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -93,9 +94,25 @@ async def list_models(request: web.Request) -> web.Response:
     key = await authenticate(state.keys, request.headers.get("Authorization"))
     if isinstance(key, ApiError):
         return key.response()
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": route.provider_name}
-            for name, route in sorted(state.routes.items())]
+    data = [_model_object(name, route.provider_name) for name, route in sorted(state.routes.items())]
     return web.json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: what the OpenAI SDK's models.retrieve() calls."""
+    state = request.app[STATE]
+    key = await authenticate(state.keys, request.headers.get("Authorization"))
+    if isinstance(key, ApiError):
+        return key.response()
+    name = request.match_info["model"]
+    route = state.routes.get(name)
+    if route is None:
+        return errors.model_not_found(name).response()
+    return web.json_response(_model_object(name, route.provider_name))
+
+
+def _model_object(name: str, provider_name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": provider_name}
 
 
 async def get_usage(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +22,14 @@ from gateway.state import GatewayState, Route
 from ledger.book import ApiKeyRecord, SettleResult, UsageRecord
 
 UPSTREAM_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+
+# Upstream headers a client's SDK reads (the OpenAI SDK's retry logic reads
+# retry-after, retry-after-ms and x-should-retry; dashboards read the rate
+# limits), relayed as they are. The upstream's x-request-id is relayed as
+# X-Upstream-Request-Id: X-Request-Id names our own request (GET /v1/usage/{id}).
+RELAYED_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry", "openai-processing-ms"})
+RELAYED_PREFIX = "x-ratelimit-"
+UPSTREAM_REQUEST_ID = "x-request-id"
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,17 @@ def observe(state: GatewayState, call: Call, outcome: str, metered: Metered | No
                                    usage.cached_tokens, usage.completion_tokens, metered.cost_nusd)
 
 
+def relayed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    relayed = {}
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in RELAYED_HEADERS or lower.startswith(RELAYED_PREFIX):
+            relayed[name] = value
+        elif lower == UPSTREAM_REQUEST_ID:
+            relayed["X-Upstream-Request-Id"] = value
+    return relayed
+
+
 def upstream_failure(state: GatewayState, call: Call, exc: BaseException) -> web.Response:
     if isinstance(exc, asyncio.TimeoutError):
         error = errors.upstream_timeout()
@@ -93,9 +112,11 @@ def upstream_failure(state: GatewayState, call: Call, exc: BaseException) -> web
     return error.response(call.request_id)
 
 
-def passthrough_error(state: GatewayState, call: Call, status: int, raw: bytes, content_type: str) -> web.Response:
+def passthrough_error(state: GatewayState, call: Call, status: int, raw: bytes, upstream: Mapping[str, str]) -> web.Response:
     observe(state, call, f"upstream_{status}", None, 0.0)
-    return web.Response(status=status, body=raw, headers={"Content-Type": content_type, "X-Request-Id": call.request_id})
+    headers = {**relayed_headers(upstream), "Content-Type": upstream.get("Content-Type", "application/json"),
+               "X-Request-Id": call.request_id}
+    return web.Response(status=status, body=raw, headers=headers)
 
 
 def prompt_tokens(call: Call) -> int:

@@ -105,6 +105,9 @@ class FakeConfig:
     )
     api_key: str | None = None  # when set, "Authorization: Bearer <api_key>" is required
     default_directives: str = ""  # e.g. "FAKE:error=503": applied to every request
+    # (alias, snapshot) pairs: OpenAI answers "gpt-4o-mini" with the dated
+    # snapshot it served, e.g. "gpt-4o-mini-2024-07-18".
+    snapshots: tuple[tuple[str, str], ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -148,11 +151,24 @@ _INJECTED_MESSAGES = {
 }
 
 
+def _rate_limit_headers(remaining_requests: int = 9999) -> dict[str, str]:
+    """The x-ratelimit-* headers OpenAI sends on answers and on 429s."""
+    return {
+        "x-ratelimit-limit-requests": "10000",
+        "x-ratelimit-limit-tokens": "30000000",
+        "x-ratelimit-remaining-requests": str(remaining_requests),
+        "x-ratelimit-remaining-tokens": "29999000",
+        "x-ratelimit-reset-requests": "6ms",
+        "x-ratelimit-reset-tokens": "2ms",
+    }
+
+
 def injected_error(status: int) -> ApiError:
     """The error real OpenAI sends for ``status`` (used by ``FAKE:error=``)."""
     message = _INJECTED_MESSAGES.get(status, f"fake upstream: injected {status} error.")
     if status == 429:
-        return ApiError(429, message, "requests", None, "rate_limit_exceeded", {"retry-after": "1"})
+        headers = {"retry-after": "1", "retry-after-ms": "1000", **_rate_limit_headers(remaining_requests=0)}
+        return ApiError(429, message, "requests", None, "rate_limit_exceeded", headers)
     if status >= 500:
         return ApiError(status, message, "server_error")
     if status == 401:
@@ -384,6 +400,7 @@ class FakeUpstream:
         self.expected_auth = f"Bearer {config.api_key}" if config.api_key is not None else None
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         self.ids = _Ids()
+        self.snapshots = dict(config.snapshots)
         self.models_body = orjson.dumps({"object": "list", "data": [self._model_object(m) for m in config.models]})
 
     # ---- plumbing shared by all endpoints
@@ -490,8 +507,9 @@ class FakeUpstream:
             raise injected_error(d.error)
 
     def _id_header(self) -> dict[str, str]:
-        # Like OpenAI's x-request-id, which gateways log for support tickets.
-        return {"x-request-id": self.ids.next("req_")}
+        # Like OpenAI's x-request-id, which gateways log for support tickets,
+        # and the rate-limit headers OpenAI sends with every answer.
+        return {"x-request-id": self.ids.next("req_"), "openai-processing-ms": "1", **_rate_limit_headers()}
 
     def _error(self, error: ApiError) -> web.Response:
         return error.response(self.ids.next("req_"))
@@ -560,7 +578,7 @@ class FakeUpstream:
             "id": self.ids.next("chatcmpl-"),
             "object": "chat.completion.chunk" if stream else "chat.completion",
             "created": int(time.time()),
-            "model": model,
+            "model": self.snapshots.get(model, model),
             "service_tier": _service_tier(body),
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
@@ -595,7 +613,7 @@ class FakeUpstream:
             "completion_tokens": tokens * n_choices,
             "total_tokens": prompt + tokens * n_choices,
         }
-        head = {"id": self.ids.next("cmpl-"), "object": "text_completion", "created": int(time.time()), "model": model}
+        head = {"id": self.ids.next("cmpl-"), "object": "text_completion", "created": int(time.time()), "model": self.snapshots.get(model, model)}
         echo = self._echo_texts(body, prompts) if body.get("echo") is True else None
         if not stream:
             return self._json(_completion_body(head, n_choices, tokens, finish, echo, None if d.omit_usage else usage))
@@ -637,7 +655,7 @@ class FakeUpstream:
                 {"object": "embedding", "index": i, "embedding": vector(_seed(item), dims)}
                 for i, item in enumerate(items)
             ],
-            "model": model,
+            "model": self.snapshots.get(model, model),
         }
         if not d.omit_usage:
             prompt = d.prompt_tokens if d.prompt_tokens is not None else _count_items(items)

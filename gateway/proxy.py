@@ -24,6 +24,7 @@ from gateway.calls import (
     observe,
     passthrough_error,
     prompt_tokens,
+    relayed_headers,
     upstream_failure,
     upstream_headers,
     upstream_url,
@@ -100,10 +101,32 @@ async def _prepare(state: GatewayState, request: web.Request, endpoint: str, req
     required = REQUIRED_INPUT[endpoint]
     if payload.get(required) in (None, "", []):
         return errors.invalid_request(f"Missing required parameter: '{required}'.", required, "missing_required_parameter")
-    stream = payload.get("stream") is True and endpoint != "embedding"
-    options = payload.get("stream_options")
-    wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    flags = _stream_flags(payload, endpoint)
+    if isinstance(flags, ApiError):
+        return flags
+    stream, wants_usage = flags
     return Call(request_id, endpoint, key, route, payload, body, stream, wants_usage, started)
+
+
+def _stream_flags(payload: dict[str, Any], endpoint: str) -> tuple[bool, bool] | ApiError:
+    """(stream, the client wants the usage chunk), validated as OpenAI validates them."""
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return errors.invalid_request("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
+    options = payload.get("stream_options")
+    if options is None:
+        return stream is True and endpoint != "embedding", False
+    if stream is not True:
+        return errors.invalid_request("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                                      "stream_options", "invalid_value")
+    if not isinstance(options, dict):
+        return errors.invalid_request("Invalid type for 'stream_options': expected an object.", "stream_options", "invalid_type")
+    include_usage = options.get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        return errors.invalid_request("Invalid type for 'stream_options.include_usage': expected a boolean.",
+                                      "stream_options.include_usage", "invalid_type")
+    streams = endpoint != "embedding"
+    return streams, streams and include_usage is True
 
 
 def _parse_json(body: bytes) -> dict[str, Any] | ApiError:
@@ -150,14 +173,14 @@ async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamRes
     try:
         async with state.session.post(upstream_url(call), data=call.body, headers=upstream_headers(call.route, False)) as upstream:
             raw = await upstream.read()
-            status, content_type = upstream.status, upstream.headers.get("Content-Type", "application/json")
+            status, upstream_headers_seen = upstream.status, upstream.headers
     except BaseException as exc:
         await close_hold(state, hold, None)
         return upstream_failure(state, call, exc)
     upstream_s = time.perf_counter() - sent
     if status != 200:
         await close_hold(state, hold, None)
-        return passthrough_error(state, call, status, raw, content_type)
+        return passthrough_error(state, call, status, raw, upstream_headers_seen)
     data = _loads_or_none(raw)
     reported = usage_from_body(data.get("usage")) if data else None
     counted = None
@@ -166,8 +189,9 @@ async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamRes
         counted = await asyncio.get_running_loop().run_in_executor(None, _count_usage, call, data)
     metered = meter(call.route.price, reported, counted)
     served_model = data.get("model") if data and isinstance(data.get("model"), str) else call.route.model_name
-    headers = {"Content-Type": content_type, "X-Request-Id": call.request_id, "X-Model": served_model,
-               "X-Total-Tokens": str(metered.usage.total_tokens)}
+    headers = {**relayed_headers(upstream_headers_seen),
+               "Content-Type": upstream_headers_seen.get("Content-Type", "application/json"),
+               "X-Request-Id": call.request_id, "X-Model": served_model, "X-Total-Tokens": str(metered.usage.total_tokens)}
     record = usage_record(call, hold, metered, "ok", upstream_s)
     result = await close_hold(state, hold, record)
     if result is not None:

@@ -29,6 +29,7 @@ from gateway.calls import (
     observe,
     passthrough_error,
     prompt_tokens,
+    relayed_headers,
     upstream_failure,
     upstream_headers,
     upstream_url,
@@ -38,6 +39,8 @@ from gateway.state import GatewayState
 from ledger.money import format_usd
 
 DONE_EVENT = b"data: [DONE]\n\n"
+# Comment events held back, at most, while waiting for the first chunk.
+EARLY_EVENTS_MAX = 16
 
 
 class EventKind(enum.Enum):
@@ -157,7 +160,7 @@ async def relay(state: GatewayState, request: web.Request, call: Call, hold: Hol
         if upstream.status != 200:
             raw = await _read_error_body(upstream)
             await close_hold(state, hold, None)
-            return passthrough_error(state, call, upstream.status, raw, upstream.headers.get("Content-Type", "application/json"))
+            return passthrough_error(state, call, upstream.status, raw, upstream.headers)
         return await _relay_events(state, request, call, hold, upstream, sent)
     finally:
         upstream.close()
@@ -174,17 +177,25 @@ async def _relay_events(
     state: GatewayState, request: web.Request, call: Call, hold: Hold, upstream: aiohttp.ClientResponse, sent: float
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Request-Id": call.request_id, "X-Model": call.route.model_name,
+        **relayed_headers(upstream.headers), "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Request-Id": call.request_id,
     })
     tracker = StreamTracker()
     status = "ok"
+    early: list[bytes] = []  # comments (keep-alives) that came before the first chunk
     try:
-        await _prepare(response, request)
         async for event in sse_events(upstream.content, state.settings.limits.stream_event_bytes_max):
-            if tracker.observe(event) is EventKind.FORWARD:
-                await _write(response, event)
-                tracker.relayed()
+            if tracker.observe(event) is not EventKind.FORWARD:
+                continue
+            if not response.prepared:
+                # The headers wait for the first chunk, which names the model
+                # that served (X-Model); a client gets no byte before it anyway.
+                if _data_of(event) is None and len(early) < EARLY_EVENTS_MAX:
+                    early.append(event)
+                    continue
+                await _start(response, request, call, tracker, early)
+            await _write(response, event)
+            tracker.relayed()
         if not tracker.done and tracker.reported is None:
             status = "upstream_dropped"
     except UpstreamBroken:
@@ -199,10 +210,21 @@ async def _relay_events(
     if status == "client_closed":
         return response
     try:
+        if not response.prepared:
+            await _start(response, request, call, tracker, early)
         await _finish(response, call, tracker, cost_usd, status)
     except ClientGone:
         pass
     return response
+
+
+async def _start(response: web.StreamResponse, request: web.Request, call: Call, tracker: StreamTracker,
+                 early: list[bytes]) -> None:
+    response.headers["X-Model"] = tracker.served_model or call.route.model_name
+    await _prepare(response, request)
+    for event in early:
+        await _write(response, event)
+    early.clear()
 
 
 async def _settle_stream(state: GatewayState, call: Call, hold: Hold, tracker: StreamTracker, status: str, upstream_s: float) -> str | None:
