@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.pricing import ModelPrice
@@ -25,6 +25,32 @@ EXAMPLE_CONFIG_PATH = Path(__file__).with_name("example.toml")
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says what to change."""
+
+
+# A bearer token (admin, metrics) guards money or revenue figures: an empty one
+# would match an empty header, a short one can be guessed.
+TOKEN_CHARS_MIN = 32
+TOKEN_CHARS_MAX = 1024
+TOKEN_DISTINCT_CHARS_MIN = 8
+
+
+def check_token(field: str, token: SecretStr | None) -> SecretStr | None:
+    """None (feature off) or a strong token; the message never repeats the value."""
+    if token is None:
+        return None
+    value = token.get_secret_value()
+    advice = f"set 32+ random characters (e.g. `openssl rand -hex 32`), or leave {field} unset"
+    if not value.strip():
+        raise ValueError(f"{field} is empty: {advice}")
+    if len(value) < TOKEN_CHARS_MIN:
+        raise ValueError(f"{field} is too weak ({len(value)} characters): {advice}")
+    if len(value) > TOKEN_CHARS_MAX:
+        raise ValueError(f"{field} is longer than {TOKEN_CHARS_MAX} characters")
+    if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"{field} must be printable ASCII without spaces (it travels in an HTTP header)")
+    if len(set(value)) < TOKEN_DISTINCT_CHARS_MIN:
+        raise ValueError(f"{field} is too weak (fewer than {TOKEN_DISTINCT_CHARS_MIN} distinct characters): {advice}")
+    return token
 
 
 class _Frozen(BaseModel):
@@ -136,7 +162,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "MW_REDIS_URL"))
     sqlite_path: str = "meterway.sqlite3"
     redis_prefix: str = "mw"
+    # Enables /admin/*; unset = /admin/* is a 404. Empty or weak: refused at start.
     admin_token: SecretStr | None = None
+    # Set: GET /metrics needs `Authorization: Bearer <metrics_token>`. Unset: /metrics is open.
+    metrics_token: SecretStr | None = None
     providers: dict[str, Provider] = {}
     models: dict[str, ModelConfig] = {}
     limits: Limits = Limits()
@@ -152,6 +181,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init arguments; the environment overrides it.
         return (env_settings, init_settings)
+
+    @field_validator("admin_token", "metrics_token")
+    @classmethod
+    def _strong_token(cls, token: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        return check_token(str(info.field_name), token)
 
     @model_validator(mode="after")
     def _models_have_providers(self) -> "Settings":
@@ -192,7 +226,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from exc
+        # from None: pydantic's own rendering repeats input values, and a refused token is still a secret.
+        raise ConfigError(_describe(exc, path)) from None
 
 
 def _describe(exc: ValidationError, path: str | Path | None) -> str:

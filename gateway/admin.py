@@ -1,16 +1,21 @@
 """The operator's HTTP API, behind a separate admin token (settings.admin_token).
 
-Amounts cross this edge as USD decimal strings and are integers inside.
+Registered only when an admin token is configured; without one, /admin/* is
+a 404 like any unknown path. Every input (body, query, path id) is validated by
+a model in gateway.admin_models before it reaches the ledger, and every
+refusal is an OpenAI-shaped JSON 4xx. Amounts cross this edge as USD decimal
+strings and are integers inside.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import orjson
 from aiohttp import web
 
+from gateway import admin_models as inputs
+from gateway.auth import bearer_matches
 from gateway.errors import ApiError, invalid_request, not_found
 from gateway.operations import Operations
 from gateway.state import STATE
@@ -18,6 +23,7 @@ from ledger.errors import AccountExists, IdempotencyConflict, UnknownAccount
 from ledger.money import MoneyFormatError, format_usd, parse_usd
 
 Handler = Callable[[web.Request, Operations], Awaitable[web.Response]]
+Model = TypeVar("Model", bound=inputs.AdminInput)
 
 
 def add_routes(app: web.Application) -> None:
@@ -30,22 +36,24 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/admin/keys/{key_id}", _admin(revoke_key))
 
 
-def _authorized(request: web.Request) -> bool:
-    token = request.app[STATE].settings.admin_token
-    if token is None:
-        return False
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    return hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+class _Refused(Exception):
+    """Input that failed validation; carries the 4xx to answer with."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def wrapped(request: web.Request) -> web.Response:
-        if not _authorized(request):
+        state = request.app[STATE]
+        if not bearer_matches(request.headers.get("Authorization"), state.settings.admin_token):
             return ApiError(401, "Admin endpoints need 'Authorization: Bearer <admin token>'.", "invalid_request_error",
                             "invalid_admin_token").response()
-        state = request.app[STATE]
         try:
             return await handler(request, Operations(state.book, state.holds))
+        except _Refused as refused:
+            return refused.error.response()
         except UnknownAccount as exc:
             return not_found(str(exc)).response()
         except (AccountExists, IdempotencyConflict) as exc:
@@ -56,14 +64,18 @@ def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]
     return wrapped
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
+def _valid(model: type[Model], data: Any) -> Model:
+    parsed = inputs.parse(model, data)
+    if isinstance(parsed, ApiError):
+        raise _Refused(parsed)
+    return parsed
+
+
+async def _json(request: web.Request) -> Any:
     try:
-        payload = orjson.loads(await request.read())
+        return orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
-        raise ValueError("the body must be a JSON object") from exc
-    if not isinstance(payload, dict):
-        raise ValueError("the body must be a JSON object")
-    return payload
+        raise _Refused(invalid_request("The body must be a JSON object.")) from exc
 
 
 def _wallet_json(view: Any) -> dict[str, Any]:
@@ -73,27 +85,31 @@ def _wallet_json(view: Any) -> dict[str, Any]:
 
 
 async def create_wallet(request: web.Request, ops: Operations) -> web.Response:
-    payload = await _json(request)
-    wallet = await ops.create_wallet(str(payload.get("id", "")), payload.get("name"))
+    payload = _valid(inputs.CreateWallet, await _json(request))
+    wallet = await ops.create_wallet(payload.id, payload.name)
     return web.json_response(_wallet_json(await ops.show(wallet.wallet_id)), status=201)
 
 
 async def show_wallet(request: web.Request, ops: Operations) -> web.Response:
-    return web.json_response(_wallet_json(await ops.show(request.match_info["wallet_id"])))
+    wallet_id = _valid(inputs.WalletPath, dict(request.match_info)).wallet_id
+    return web.json_response(_wallet_json(await ops.show(wallet_id)))
 
 
 async def credit_wallet(request: web.Request, ops: Operations) -> web.Response:
-    payload = await _json(request)
-    amount = parse_usd(str(payload.get("amount", "")))
+    wallet_id = _valid(inputs.WalletPath, dict(request.match_info)).wallet_id
+    payload = _valid(inputs.Credit, await _json(request))
+    amount = parse_usd(payload.amount)
     if amount <= 0:
         raise ValueError("amount must be positive")
-    outcome, _ = await ops.credit(request.match_info["wallet_id"], amount, payload.get("transfer_id"), payload.get("memo"))
-    body = {"outcome": outcome.value, **_wallet_json(await ops.show(request.match_info["wallet_id"]))}
+    outcome, _ = await ops.credit(wallet_id, amount, payload.transfer_id, payload.memo)
+    body = {"outcome": outcome.value, **_wallet_json(await ops.show(wallet_id))}
     return web.json_response(body, status=201 if outcome.value == "created" else 200)
 
 
 async def wallet_transactions(request: web.Request, ops: Operations) -> web.Response:
-    records = await ops.transactions(request.match_info["wallet_id"], int(request.query.get("limit", "50")))
+    wallet_id = _valid(inputs.WalletPath, dict(request.match_info)).wallet_id
+    query = _valid(inputs.TransactionsQuery, dict(request.query))
+    records = await ops.transactions(wallet_id, query.limit)
     return web.json_response({"data": [
         {"id": r.transfer.transfer_id, "kind": r.transfer.kind.value, "from": r.transfer.debit_account,
          "to": r.transfer.credit_account, "amount": format_usd(r.transfer.amount_nusd),
@@ -103,21 +119,22 @@ async def wallet_transactions(request: web.Request, ops: Operations) -> web.Resp
 
 
 async def create_key(request: web.Request, ops: Operations) -> web.Response:
-    payload = await _json(request)
-    new, record = await ops.create_key(str(payload.get("wallet", "")), payload.get("name"), payload.get("bot"))
+    payload = _valid(inputs.CreateKey, await _json(request))
+    new, record = await ops.create_key(payload.wallet, payload.name, payload.bot)
     return web.json_response({"id": record.key_id, "key": new.secret, "prefix": record.prefix,
                               "wallet": record.wallet_id, "name": record.name, "bot": record.bot}, status=201)
 
 
 async def list_keys(request: web.Request, ops: Operations) -> web.Response:
-    keys = await ops.book.list_keys(request.query.get("wallet"))
+    query = _valid(inputs.KeysQuery, dict(request.query))
+    keys = await ops.book.list_keys(query.wallet)
     return web.json_response({"data": [
         {"id": k.key_id, "prefix": k.prefix, "wallet": k.wallet_id, "name": k.name, "bot": k.bot,
          "created_at": k.created_at, "revoked_at": k.revoked_at} for k in keys]})
 
 
 async def revoke_key(request: web.Request, ops: Operations) -> web.Response:
-    key_id = request.match_info["key_id"]
+    key_id = _valid(inputs.KeyPath, dict(request.match_info)).key_id
     if not await ops.book.revoke_key(key_id):
         return not_found(f"no active key {key_id!r}").response()
     request.app[STATE].keys.forget(key_id)

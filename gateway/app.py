@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Awaitable, Callable
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 from config.settings import Settings
-from gateway import admin, errors, proxy, tokens
-from gateway.auth import KeyCache, authenticate
+from gateway import admin, admin_models, errors, proxy, tokens
+from gateway.auth import KeyCache, authenticate, bearer_matches
 from gateway.backends import Stores, open_stores
 from gateway.billing import Billing
 from gateway.errors import ApiError
@@ -22,6 +23,12 @@ from ledger.book import SettledUsage
 from ledger.money import format_usd
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger(__name__)
+# Set on a request once its response has started: after that an error can only close the connection.
+# (web.RequestKey exists from aiohttp 3.13 on; older versions take a plain string.)
+RESPONSE_STARTED: Any = (web.RequestKey("mw_response_started", bool) if hasattr(web, "RequestKey")
+                         else "mw_response_started")
+
 
 
 def create_app(settings: Settings, stores: Stores | None = None) -> web.Application:
@@ -35,7 +42,9 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     app.router.add_get("/v1/usage/{request_id}", get_usage)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    admin.add_routes(app)
+    if settings.admin_token is not None:
+        admin.add_routes(app)  # no admin token: /admin/* does not exist (404), rather than a door to guess at
+    app.on_response_prepare.append(_mark_response_started)
     return app
 
 
@@ -77,7 +86,11 @@ def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Applica
 
 @web.middleware
 async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own HTTP errors (404 route, 405, 413) in OpenAI's shape."""
+    """aiohttp's own HTTP errors (404 route, 405, 413) in OpenAI's shape, and a JSON 500 for any bug.
+
+    The 500 names a request id that is also in the log line with the
+    traceback, and says nothing else: exception text can hold internals.
+    """
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
@@ -87,6 +100,16 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
         return ApiError(exc.status, exc.reason, kind, exc.reason.lower().replace(" ", "_")).response()
+    except Exception:
+        request_id = proxy.new_request_id()
+        log.exception("unexpected error in %s %r (request id %s)", request.method, request.path, request_id)
+        if request.get(RESPONSE_STARTED):
+            raise  # headers are gone: aiohttp can only close the connection
+        return errors.internal_error(request_id).response(request_id)
+
+
+async def _mark_response_started(request: web.Request, response: web.StreamResponse) -> None:
+    request[RESPONSE_STARTED] = True
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -120,7 +143,10 @@ async def get_usage(request: web.Request) -> web.Response:
     key = await authenticate(state.keys, request.headers.get("Authorization"))
     if isinstance(key, ApiError):
         return key.response()
-    request_id = request.match_info["request_id"]
+    path = admin_models.parse(admin_models.RequestPath, dict(request.match_info))
+    if isinstance(path, ApiError):
+        return path.response()
+    request_id = path.request_id
     settled = await state.book.usage(request_id)
     if settled is None or settled.record.wallet_id != key.wallet_id:
         return errors.not_found(f"No settled request {request_id!r} for this key's wallet.").response()
@@ -146,7 +172,11 @@ def usage_view(settled: SettledUsage) -> dict[str, object]:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.render()
+    state = request.app[STATE]
+    if state.settings.metrics_token is not None and not bearer_matches(
+            request.headers.get("Authorization"), state.settings.metrics_token):
+        return errors.invalid_metrics_token().response()
+    body = state.metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -8,8 +8,11 @@ of bad keys cannot turn into a flood of queries.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import OrderedDict
+
+from pydantic import SecretStr
 
 from gateway.errors import ApiError, invalid_api_key
 from gateway.keys import hash_secret, looks_like_key
@@ -48,6 +51,19 @@ def bearer_secret(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return secret.strip() or None
+
+
+def bearer_matches(authorization: str | None, token: SecretStr | None) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time. No token configured: nothing matches.
+
+    aiohttp hands over non-UTF-8 header bytes as surrogates, which cannot be
+    encoded back; our tokens are printable ASCII, so anything else is simply wrong.
+    """
+    given = bearer_secret(authorization)
+    if token is None or given is None or not given.isascii():
+        return False
+    expected = token.get_secret_value().encode()
+    return bool(expected) and hmac.compare_digest(given.encode(), expected)
 
 
 async def authenticate(cache: KeyCache, authorization: str | None) -> ApiKeyRecord | ApiError:

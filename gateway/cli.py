@@ -193,7 +193,10 @@ async def _migrate_only(settings: Settings) -> None:
 
 
 def _run_worker(settings: Settings, reuse_port: bool) -> None:
+    from gateway import logs
     from gateway.app import create_app
+
+    logs.install(settings)  # here, so a spawned worker's log lines are redacted too
 
     try:
         import uvloop

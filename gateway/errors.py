@@ -71,5 +71,15 @@ def service_unavailable(message: str, code: str) -> ApiError:
     return ApiError(503, message, "server_error", code)
 
 
+def internal_error(request_id: str) -> ApiError:
+    return ApiError(500, f"The server had an error while processing your request (request id {request_id}).",
+                    "server_error", "internal_error")
+
+
+def invalid_metrics_token() -> ApiError:
+    return ApiError(401, "/metrics needs 'Authorization: Bearer <metrics token>'.", "invalid_request_error",
+                    "invalid_metrics_token", headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+
+
 def not_found(message: str) -> ApiError:
     return ApiError(404, message, "invalid_request_error", "not_found")

@@ -30,7 +30,7 @@ MODELS = {
     "text-embedding-3-small": {"kind": "embedding", "input_per_1m": "0.02"},
     "flat-fee": {"per_call": "0.01", "max_output_tokens": 64},
 }
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-7f3c9a1e5b2d8064c1a9"  # 32+ characters: weaker ones are refused
 
 
 def settings_for(upstream_url: str, store: dict[str, Any], **overrides: Any) -> Settings:
@@ -38,7 +38,7 @@ def settings_for(upstream_url: str, store: dict[str, Any], **overrides: Any) -> 
               "expiry_sweep_interval_s": 0.2} | overrides.pop("limits", {})
     return Settings(
         providers={"fake": {"base_url": upstream_url, "models": list(MODELS)}},
-        models=MODELS, limits=limits, admin_token=ADMIN_TOKEN, **{**store, **overrides},
+        models=MODELS, limits=limits, **{"admin_token": ADMIN_TOKEN, **store, **overrides},
     )
 
 

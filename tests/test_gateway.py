@@ -13,6 +13,7 @@ import pytest
 
 from config.pricing import TokenUsage, cost_nusd
 from ledger.money import format_usd, parse_usd
+from tests.gateway_harness import ADMIN_TOKEN
 from tests.openapi_schema import spec_available, validate
 
 MINI = "gpt-4o-mini"
@@ -238,7 +239,7 @@ async def test_revoked_key_is_refused(gw) -> None:
     async with __import__("aiohttp").ClientSession() as session:
         async with session.delete(f"{gw.base_url}/admin/keys/{record.key_id}", headers={"Authorization": "Bearer wrong"}) as r:
             assert r.status == 401
-        async with session.delete(f"{gw.base_url}/admin/keys/{record.key_id}", headers={"Authorization": "Bearer test-admin-token"}) as r:
+        async with session.delete(f"{gw.base_url}/admin/keys/{record.key_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
             assert r.status == 200
     with pytest.raises(openai.AuthenticationError):
         await gw.client(key).chat.completions.create(model=MINI, messages=user("x"))

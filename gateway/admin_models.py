@@ -1,0 +1,113 @@
+"""Every input the admin API takes (bodies, query parameters, path ids), as strict pydantic models.
+
+Strict: a number is not a string, an object is not a memo, an unknown field
+is a typo. Bounded: every string has a maximum length and no control
+characters (Postgres refuses NUL in text; logs and terminals should never see
+the others). Amounts are USD decimal strings, never JSON numbers (floats).
+A failed validation becomes one OpenAI-shaped 400 naming the first bad field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from gateway.errors import ApiError, invalid_request
+from ledger.book import WALLET_ID_PATTERN
+
+# Sizes of what an operator may name or write; generous, but bounded.
+ID_CHARS_MAX = 128
+NAME_CHARS_MAX = 200
+MEMO_CHARS_MAX = 1000
+TRANSACTIONS_LIMIT_MAX = 200
+TRANSACTIONS_LIMIT_DEFAULT = 50
+
+# Printable: no C0 controls (NUL included) and no DEL.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# A USD amount: digits, optionally a point and at most nine decimals (1 nUSD).
+_USD_AMOUNT = r"^[0-9]{1,15}(\.[0-9]{1,9})?$"
+
+WalletId = Annotated[str, StringConstraints(strict=True, pattern=WALLET_ID_PATTERN.pattern)]
+# Ids we or an operator minted: key_..., invoice-7, req_... (letters, digits, _ . : -).
+Identifier = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=ID_CHARS_MAX,
+                                              pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Name = Annotated[str, StringConstraints(strict=True, max_length=NAME_CHARS_MAX, pattern=_PRINTABLE)]
+Memo = Annotated[str, StringConstraints(strict=True, max_length=MEMO_CHARS_MAX, pattern=_PRINTABLE)]
+UsdAmount = Annotated[str, StringConstraints(strict=True, pattern=_USD_AMOUNT)]
+
+
+class AdminInput(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class CreateWallet(AdminInput):
+    id: WalletId
+    name: Name | None = None
+
+
+class Credit(AdminInput):
+    amount: UsdAmount
+    transfer_id: Identifier | None = None
+    memo: Memo | None = None
+
+
+class CreateKey(AdminInput):
+    wallet: WalletId
+    name: Name | None = None
+    bot: Name | None = None
+
+
+class WalletPath(AdminInput):
+    wallet_id: WalletId
+
+
+class KeyPath(AdminInput):
+    key_id: Identifier
+
+
+class RequestPath(AdminInput):
+    request_id: Identifier
+
+
+class TransactionsQuery(AdminInput):
+    # Query strings are text: lax here so "50" is 50; bounds keep a negative or
+    # huge LIMIT from reaching the database.
+    limit: int = Field(TRANSACTIONS_LIMIT_DEFAULT, ge=1, le=TRANSACTIONS_LIMIT_MAX, strict=False)
+
+
+class KeysQuery(AdminInput):
+    wallet: WalletId | None = None
+
+
+Model = TypeVar("Model", bound=AdminInput)
+
+
+def parse(model: type[Model], data: Any) -> Model | ApiError:
+    """data -> model, or a 400 naming the first field that is wrong (never echoing its value)."""
+    if not isinstance(data, dict):
+        return invalid_request("The body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        return _first_error(exc)
+
+
+def _first_error(exc: ValidationError) -> ApiError:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    param = ".".join(str(part) for part in error["loc"]) or None
+    hint = _HINTS.get(param or "", "")
+    if error["type"] == "extra_forbidden":
+        return invalid_request(f"Unknown parameter: '{param}'.", param, "unknown_parameter")
+    if error["type"] == "missing":
+        return invalid_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    return invalid_request(f"Invalid value for '{param}': {error['msg']}.{hint}", param, "invalid_value")
+
+
+_HINTS = {
+    "amount": " Send USD as a decimal string, e.g. \"10.00\", with at most 9 decimals.",
+    "limit": f" It must be an integer from 1 to {TRANSACTIONS_LIMIT_MAX}.",
+    "wallet_id": " A wallet id is 1-64 letters, digits, '_', '.', '-', starting with a letter or digit.",
+    "wallet": " A wallet id is 1-64 letters, digits, '_', '.', '-', starting with a letter or digit.",
+    "id": " A wallet id is 1-64 letters, digits, '_', '.', '-', starting with a letter or digit.",
+}
