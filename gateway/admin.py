@@ -9,7 +9,8 @@ strings and are integers inside.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -17,9 +18,10 @@ from aiohttp import web
 from gateway import admin_models as inputs
 from gateway.auth import bearer_matches
 from gateway.errors import ApiError, invalid_request, not_found
-from gateway.operations import Operations
+from gateway.operations import Operations, new_credit_id
 from gateway.state import STATE
 from ledger.errors import AccountExists, IdempotencyConflict, UnknownAccount
+from ledger.holds import HoldStoreUnavailable
 from ledger.money import MoneyFormatError, format_usd, parse_usd
 
 Handler = Callable[[web.Request, Operations], Awaitable[web.Response]]
@@ -101,8 +103,16 @@ async def credit_wallet(request: web.Request, ops: Operations) -> web.Response:
     amount = parse_usd(payload.amount)
     if amount <= 0:
         raise ValueError("amount must be positive")
-    outcome, _ = await ops.credit(wallet_id, amount, payload.transfer_id, payload.memo)
-    body = {"outcome": outcome.value, **_wallet_json(await ops.show(wallet_id))}
+    # The id used is in the answer, generated or not, so a retry can reuse it.
+    transfer_id = payload.transfer_id or new_credit_id()
+    outcome, wallet = await ops.credit(wallet_id, amount, transfer_id, payload.memo)
+    try:
+        view = _wallet_json(await ops.show(wallet_id))
+    except HoldStoreUnavailable:
+        # Committed, so answered as done; held amounts are unknown until the hold store is back.
+        view = {"id": wallet.wallet_id, "name": wallet.name, "balance": format_usd(wallet.balance_nusd),
+                "balance_nusd": wallet.balance_nusd}
+    body = {"outcome": outcome.value, "transfer_id": transfer_id, **view}
     return web.json_response(body, status=201 if outcome.value == "created" else 200)
 
 

@@ -32,6 +32,9 @@ WalletId = Annotated[str, StringConstraints(strict=True, pattern=WALLET_ID_PATTE
 # Ids we or an operator minted: key_..., invoice-7, req_... (letters, digits, _ . : -).
 Identifier = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=ID_CHARS_MAX,
                                               pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+# An operator's idempotency key: also invoice-style ids (INV/2026/7, order#12).
+TransferId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=ID_CHARS_MAX,
+                                              pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/#@+=-]*$")]
 Name = Annotated[str, StringConstraints(strict=True, max_length=NAME_CHARS_MAX, pattern=_PRINTABLE)]
 Memo = Annotated[str, StringConstraints(strict=True, max_length=MEMO_CHARS_MAX, pattern=_PRINTABLE)]
 UsdAmount = Annotated[str, StringConstraints(strict=True, pattern=_USD_AMOUNT)]
@@ -48,7 +51,7 @@ class CreateWallet(AdminInput):
 
 class Credit(AdminInput):
     amount: UsdAmount
-    transfer_id: Identifier | None = None
+    transfer_id: TransferId | None = None
     memo: Memo | None = None
 
 

@@ -101,10 +101,10 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
         return ApiError(exc.status, exc.reason, kind, exc.reason.lower().replace(" ", "_")).response()
     except Exception:
+        if request.get(RESPONSE_STARTED) or request.transport is None or request.transport.is_closing():
+            raise  # headers already sent, or the client is gone: aiohttp can only close the connection
         request_id = proxy.new_request_id()
         log.exception("unexpected error in %s %r (request id %s)", request.method, request.path, request_id)
-        if request.get(RESPONSE_STARTED):
-            raise  # headers are gone: aiohttp can only close the connection
         return errors.internal_error(request_id).response(request_id)
 
 

@@ -104,6 +104,8 @@ class Billing:
         if hold.state is not HoldState.OPEN:
             return
         hold.state = HoldState.RELEASED
+        if hold.amount_nusd == 0:
+            return  # a free call's hold never went to the hold store
         try:
             await asyncio.shield(self._holds.release(hold.wallet_id, hold.request_id))
         except HoldStoreUnavailable:

@@ -7,6 +7,7 @@ release when there is none.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -20,6 +21,8 @@ from gateway.metering import Metered, count_prompt
 from gateway.settlement import SettlementUnavailable
 from gateway.state import GatewayState, Route
 from ledger.book import ApiKeyRecord, SettleResult, UsageRecord
+
+log = logging.getLogger("meterway.calls")
 
 UPSTREAM_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 
@@ -59,8 +62,10 @@ async def close_hold(state: GatewayState, hold: Hold, record: UsageRecord | None
     """Settle (record given) or release (None): the one exit of every hold.
 
     Returns None when nothing was committed; then the caller must not show a cost.
+    A free call (hold and cost of 0) is settled too: every served call has a
+    usage row, and shows a cost of 0.
     """
-    if record is None or hold.amount_nusd == 0 and record.cost_nusd == 0:
+    if record is None:
         await state.billing.release(hold)
         return None
     try:
@@ -71,6 +76,14 @@ async def close_hold(state: GatewayState, hold: Hold, record: UsageRecord | None
 
 def usage_record(call: Call, hold: Hold, metered: Metered, status: str, upstream_s: float) -> UsageRecord:
     usage, price = metered.usage, call.route.price
+    if metered.capped_from is not None:
+        given = metered.capped_from
+        # Loud on purpose: a provider bug or an attack; the row is flagged by its usage_source.
+        log.error("request %s: %s reported absurd usage (prompt_tokens=%d, cached_tokens=%d, completion_tokens=%d); "
+                  "recorded as %s with prompt_tokens=%d, completion_tokens=%d, cost %d nUSD (the wallet pays what it "
+                  "can, the rest is a shortfall)", call.request_id, call.route.model_name, given.prompt_tokens,
+                  given.cached_tokens, given.completion_tokens, metered.source, usage.prompt_tokens,
+                  usage.completion_tokens, metered.cost_nusd)
     return UsageRecord(
         request_id=call.request_id, key_id=call.key.key_id, wallet_id=call.key.wallet_id, bot=call.key.bot,
         model=call.route.model_name, upstream=call.route.provider_name, endpoint=call.endpoint, status=status,
@@ -108,6 +121,10 @@ def upstream_failure(state: GatewayState, call: Call, exc: BaseException) -> web
         error = errors.upstream_unreachable()
     else:
         raise exc
+    # An operator's first lead on a 502/504: which request, model and provider,
+    # and why. Never the key or the body (the error's class and text only).
+    log.warning("upstream %d for request %s: model %s, provider %s: %s: %s", error.status, call.request_id,
+                call.route.model_name, call.route.provider_name, type(exc).__name__, exc)
     observe(state, call, f"upstream_{error.status}", None, 0.0)
     return error.response(call.request_id)
 

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from config.settings import ConfigError, Settings, load_settings
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.money import MoneyFormatError, format_usd, parse_usd
 
 CONFIG_ENV = "MW_CONFIG"
@@ -142,11 +142,23 @@ async def _wallet_create(ops: Any, settings: Settings, args: argparse.Namespace)
 
 
 async def _wallet_credit(ops: Any, settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.operations import new_credit_id
+
     amount = parse_usd(args.amount)
     if amount <= 0:
         raise ValueError("amount must be positive")
-    outcome, wallet = await ops.credit(args.wallet_id, amount, args.transfer_id, args.memo)
+    # Without --id, make one and show it: re-running with it can never credit twice.
+    transfer_id = args.transfer_id or new_credit_id()
+    retry_hint = f"re-run with --id {transfer_id} to retry safely"
+    try:
+        outcome, wallet = await ops.credit(args.wallet_id, amount, transfer_id, args.memo)
+    except LedgerUnavailable:
+        # The commit may or may not have happened: only the same id tells.
+        print(f"meterway: the credit's outcome is unknown; {retry_hint}", file=sys.stderr)
+        raise
     print(f"{outcome.value}: {args.wallet_id} balance {format_usd(wallet.balance_nusd)} USD")
+    if args.transfer_id is None:
+        print(f"transfer id: {transfer_id}; {retry_hint}")
     return 0
 
 

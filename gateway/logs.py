@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from aiohttp.http_exceptions import HttpProcessingError

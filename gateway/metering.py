@@ -12,13 +12,20 @@ from typing import Any
 
 from config.pricing import ModelPrice, TokenUsage, cost_nusd
 from gateway import tokens
+from ledger.money import AMOUNT_NUSD_MAX
+
+# A source ending in this marks usage beyond the sanity bounds (see capped()).
+CAPPED_SUFFIX = "_capped"
+USAGE_TOKENS_MAX_DEFAULT = 100_000_000
 
 
 @dataclass(frozen=True)
 class Metered:
     usage: TokenUsage
-    source: str  # "upstream" or "tokenizer"
+    source: str  # "upstream" or "tokenizer", with CAPPED_SUFFIX when capped
     cost_nusd: int
+    # The counts as given, when they were beyond the bounds and usage holds the capped ones.
+    capped_from: TokenUsage | None = None
 
 
 def usage_from_body(usage: Any) -> TokenUsage | None:
@@ -43,8 +50,29 @@ def count_prompt(endpoint: str, payload: dict[str, Any], encoding: str) -> int:
     return tokens.count_prompt_input(payload.get(field), encoding)
 
 
-def meter(price: ModelPrice, reported: TokenUsage | None, counted: TokenUsage | None) -> Metered:
+def meter(price: ModelPrice, reported: TokenUsage | None, counted: TokenUsage | None,
+          tokens_max: int = USAGE_TOKENS_MAX_DEFAULT) -> Metered:
     if reported is not None:
-        return Metered(reported, "upstream", cost_nusd(price, reported))
+        return capped(price, reported, "upstream", tokens_max)
     assert counted is not None, "either the upstream or the tokenizer must give usage"
-    return Metered(counted, "tokenizer", cost_nusd(price, counted))
+    return capped(price, counted, "tokenizer", tokens_max)
+
+
+def capped(price: ModelPrice, usage: TokenUsage, source: str, tokens_max: int) -> Metered:
+    """Usage priced, within what a request can be and the ledger can hold.
+
+    An upstream that reports absurd usage (say 10^14 tokens) is still served
+    and recorded, never a 500: each count is capped at tokens_max
+    (limits.usage_tokens_max) and the cost at AMOUNT_NUSD_MAX, and the row is
+    flagged by its usage_source ("upstream_capped"). The wallet then pays what
+    it can, and the rest is a shortfall, as for any cost above the balance.
+    """
+    bounded = TokenUsage(
+        prompt_tokens=min(usage.prompt_tokens, tokens_max),
+        completion_tokens=min(usage.completion_tokens, tokens_max),
+        cached_tokens=min(usage.cached_tokens, tokens_max),
+    )
+    cost = cost_nusd(price, bounded)
+    if bounded == usage and cost <= AMOUNT_NUSD_MAX:
+        return Metered(usage, source, cost)
+    return Metered(bounded, source + CAPPED_SUFFIX, min(cost, AMOUNT_NUSD_MAX), capped_from=usage)

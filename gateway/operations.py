@@ -1,17 +1,24 @@
 """What an operator does to wallets and keys, shared by the CLI and the admin API.
 
-A credit goes to the book first; the hold store's mirror of the balance is
-then brought up to date, so the new money can be spent at once.
+Every target is validated before anything is written: credits and keys go to
+existing wallets, never to a system account (sys:revenue, sys:funding,
+sys:shortfall). A credit goes to the book first; the hold store's mirror of
+the balance is then brought up to date, so the new money can be spent at once.
+If the hold store is down at that moment, the credit is still done: the
+mirror only accepts newer (balance, version) pairs and catches up from the
+book on its next refresh, so nothing is lost.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
 from gateway.keys import NewKey, generate_key
 from ledger.book import (
     FUNDING_ACCOUNT,
+    SYSTEM_ACCOUNTS,
     ApiKeyRecord,
     Book,
     Transfer,
@@ -20,11 +27,18 @@ from ledger.book import (
     TransferRecord,
     Wallet,
 )
-from ledger.errors import UnknownAccount
-from ledger.holds import HoldStore, WalletHolds
+from ledger.errors import NotAWallet, UnknownAccount
+from ledger.holds import HoldStore, HoldStoreUnavailable, WalletHolds
 
+log = logging.getLogger("meterway.operations")
 
 REQUEST_ID_PREFIX = "req_"
+CREDIT_ID_PREFIX = "adj_"
+
+
+def new_credit_id() -> str:
+    """An idempotency key for a credit given without one; callers show it so a retry can reuse it."""
+    return f"{CREDIT_ID_PREFIX}{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)
@@ -50,15 +64,22 @@ class Operations:
         return await self.book.create_wallet(wallet_id, name)
 
     async def credit(self, wallet_id: str, amount_nusd: int, transfer_id: str | None = None, memo: str | None = None) -> tuple[TransferOutcome, Wallet]:
+        """Add funds; idempotent by transfer_id. Once committed, it is reported as done."""
         if transfer_id is not None and transfer_id.startswith(REQUEST_ID_PREFIX):
             # Request ids name usage transfers; a credit must never take one.
             raise ValueError(f"transfer ids starting with {REQUEST_ID_PREFIX!r} are reserved for requests")
+        await self._wallet(wallet_id)  # refuses system accounts and unknown wallets before writing
         transfer = Transfer(
-            transfer_id or f"adj_{uuid.uuid4().hex}", FUNDING_ACCOUNT, wallet_id, amount_nusd, TransferKind.ADJUSTMENT, memo=memo
+            transfer_id or new_credit_id(), FUNDING_ACCOUNT, wallet_id, amount_nusd, TransferKind.ADJUSTMENT, memo=memo
         )
         outcome = await self.book.transfer(transfer)
+        # Committed: from here on nothing may turn this into a reported failure.
         wallet = await self._wallet(wallet_id)
-        await self.holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+        try:
+            await self.holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+        except HoldStoreUnavailable as exc:
+            log.warning("credit %s to %s committed (balance %d nUSD); the hold store is unavailable (%s), "
+                        "its mirror will catch up from the ledger", transfer.transfer_id, wallet_id, wallet.balance_nusd, exc)
         return outcome, wallet
 
     async def show(self, wallet_id: str) -> WalletView:
@@ -69,12 +90,15 @@ class Operations:
         return await self.book.transfers_of(wallet_id, limit)
 
     async def create_key(self, wallet_id: str, name: str | None = None, bot: str | None = None) -> tuple[NewKey, ApiKeyRecord]:
+        await self._wallet(wallet_id)  # refuses system accounts and unknown wallets
         new = generate_key()
         record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot)
         await self.book.create_key(record)
         return new, record
 
     async def _wallet(self, wallet_id: str) -> Wallet:
+        if wallet_id in SYSTEM_ACCOUNTS:
+            raise NotAWallet(f"{wallet_id!r} is a system account, not a wallet: credits and keys go to wallets only")
         wallet = await self.book.wallet(wallet_id)
         if wallet is None:
             raise UnknownAccount(f"no wallet {wallet_id!r}")

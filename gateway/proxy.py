@@ -187,7 +187,7 @@ async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamRes
     if reported is None:
         # No usage from the upstream: count it ourselves, off the event loop.
         counted = await asyncio.get_running_loop().run_in_executor(None, _count_usage, call, data)
-    metered = meter(call.route.price, reported, counted)
+    metered = meter(call.route.price, reported, counted, state.settings.limits.usage_tokens_max)
     served_model = data.get("model") if data and isinstance(data.get("model"), str) else call.route.model_name
     headers = {**relayed_headers(upstream_headers_seen),
                "Content-Type": upstream_headers_seen.get("Content-Type", "application/json"),

@@ -233,7 +233,7 @@ async def _settle_stream(state: GatewayState, call: Call, hold: Hold, tracker: S
         # Cut short or no usage sent: count ourselves, off the event loop.
         counted = await asyncio.get_running_loop().run_in_executor(None, _count_usage, call, "".join(tracker.relayed_text))
         status = "partial" if status == "ok" else status
-    metered = meter(call.route.price, tracker.reported, counted)
+    metered = meter(call.route.price, tracker.reported, counted, state.settings.limits.usage_tokens_max)
     record = usage_record(call, hold, metered, status, upstream_s)
     result = await close_hold(state, hold, record)
     observe(state, call, status, metered, upstream_s)

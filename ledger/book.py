@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol, Sequence
 
+from ledger.errors import NotAWallet
 from ledger.money import AMOUNT_NUSD_MAX
 
 REVENUE_ACCOUNT = "sys:revenue"
@@ -170,6 +171,24 @@ def check_invariants(totals: LedgerTotals) -> None:
     assert totals.balance_mismatches == 0, totals
     assert totals.revenue_nusd == totals.usage_charged_nusd + totals.usage_shortfall_nusd, totals
     assert -totals.shortfall_nusd == totals.usage_shortfall_nusd, totals
+
+
+# Money from outside (deposits, operator adjustments) lands in a wallet; an
+# adjustment may also return money to sys:funding (an operator's debit). Never
+# into sys:revenue or sys:shortfall: revenue = charged + shortfall must hold.
+FUNDING_KINDS = frozenset({TransferKind.DEPOSIT, TransferKind.ADJUSTMENT})
+FUNDING_CREDIT_ACCOUNT_KINDS = frozenset({"wallet", "funding"})
+
+
+def check_funding_credit(transfer: Transfer, credit_account_kind: str) -> None:
+    """Refuse a deposit or adjustment into a system account other than sys:funding.
+
+    Both books call this inside the transfer's own transaction, with the
+    credited account's kind as read there, so a refused transfer is rolled back.
+    """
+    if transfer.kind in FUNDING_KINDS and credit_account_kind not in FUNDING_CREDIT_ACCOUNT_KINDS:
+        raise NotAWallet(f"{transfer.credit_account!r} is a system account, not a wallet: "
+                         f"{transfer.kind.value} transfers credit wallets only")
 
 
 def validate_wallet_id(wallet_id: str) -> None:

@@ -4,6 +4,8 @@ these exceptions are for what the caller cannot continue from.
     LedgerError
      ├── IdempotencyConflict   the same transfer id was used with different content
      ├── UnknownAccount        the account (wallet) does not exist
+     │    └── NotAWallet       the account is a system account (sys:*): never a
+     │                         target of credits, deposits or keys
      ├── AccountExists         create_wallet on an id that is taken
      ├── InsufficientFunds     a transfer would overdraw an account
      └── LedgerUnavailable     the database cannot be reached (retry later)
@@ -20,6 +22,12 @@ class IdempotencyConflict(LedgerError):
 
 class UnknownAccount(LedgerError):
     code = "unknown_account"
+
+
+class NotAWallet(UnknownAccount):
+    """A system account named where a wallet must be: there is no such wallet."""
+
+    code = "not_a_wallet"
 
 
 class AccountExists(LedgerError):

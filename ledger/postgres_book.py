@@ -25,7 +25,9 @@ from ledger.book import (
     TransferOutcome,
     TransferRecord,
     UsageRecord,
+    FUNDING_KINDS,
     Wallet,
+    check_funding_credit,
     migration_files,
     validate_wallet_id,
 )
@@ -142,13 +144,15 @@ class PostgresBook:
 
     async def create_key(self, key: ApiKeyRecord) -> None:
         async def run(conn: asyncpg.Connection) -> None:
-            try:
-                await conn.execute(
-                    "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot) VALUES ($1, $2, $3, $4, $5, $6)",
-                    key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot,
-                )
-            except asyncpg.ForeignKeyViolationError as exc:
-                raise UnknownAccount(f"no wallet {key.wallet_id!r}") from exc
+            # Keys belong to wallets only: the foreign key alone would accept sys:revenue.
+            status = await conn.execute(
+                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot)"
+                " SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS"
+                " (SELECT 1 FROM mw_accounts WHERE id = $4 AND kind = 'wallet')",
+                key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot,
+            )
+            if status != "INSERT 0 1":
+                raise UnknownAccount(f"no wallet {key.wallet_id!r}")
 
         await self._with(run)
 
@@ -215,6 +219,10 @@ async def _insert_transfer(conn: asyncpg.Connection, transfer: Transfer) -> Tran
     except asyncpg.CheckViolationError as exc:
         raise InsufficientFunds(f"{transfer.debit_account!r} cannot pay {transfer.amount_nusd} nUSD") from exc
     if status == "INSERT 0 1":
+        if transfer.kind in FUNDING_KINDS:
+            # Inside the caller's transaction: a refusal here rolls the insert back.
+            kind = await conn.fetchval("SELECT kind FROM mw_accounts WHERE id = $1", transfer.credit_account)
+            check_funding_credit(transfer, kind)
         return TransferOutcome.CREATED
     prior = await conn.fetchrow("SELECT * FROM mw_transfers WHERE id = $1", transfer.transfer_id)
     assert prior is not None

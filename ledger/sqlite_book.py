@@ -27,6 +27,7 @@ from ledger.book import (
     TransferRecord,
     UsageRecord,
     Wallet,
+    check_funding_credit,
     migration_files,
     validate_wallet_id,
 )
@@ -219,9 +220,12 @@ def _insert_transfer(conn: sqlite3.Connection, transfer: Transfer) -> TransferOu
         if transfer_record(dict(prior)).transfer != transfer:
             raise IdempotencyConflict(f"transfer {transfer.transfer_id!r} exists with different content")
         return TransferOutcome.EXISTS
+    kinds: dict[str, str] = {}
     for account in (transfer.debit_account, transfer.credit_account):
-        if conn.execute("SELECT 1 FROM mw_accounts WHERE id = ?", (account,)).fetchone() is None:
+        row = conn.execute("SELECT kind FROM mw_accounts WHERE id = ?", (account,)).fetchone()
+        if row is None:
             raise UnknownAccount(f"no account {account!r}")
+        kinds[account] = row[0]
     try:
         conn.execute(
             "INSERT INTO mw_transfers (id, debit_account, credit_account, amount_nusd, kind, request_id, memo)"
@@ -233,6 +237,8 @@ def _insert_transfer(conn: sqlite3.Connection, transfer: Transfer) -> TransferOu
         if "mw_accounts_no_overdraft" in str(exc):
             raise InsufficientFunds(f"{transfer.debit_account!r} cannot pay {transfer.amount_nusd} nUSD") from exc
         raise
+    # After the insert, so an overdraft is reported as such; the caller rolls back.
+    check_funding_credit(transfer, kinds[transfer.credit_account])
     return TransferOutcome.CREATED
 
 

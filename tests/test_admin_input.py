@@ -109,7 +109,7 @@ async def test_create_wallet_and_key_with_mistyped_fields_are_json_400(gw) -> No
 
 async def test_transactions_limit_is_bounded(gw) -> None:
     wallet, _ = await gw.funded_key("1")
-    for limit in ("-1", "0", "201", "abc", "1.5", "99999999999999999999", ""):
+    for limit in ("-1", "0", "201", "abc", "1.5", "99999999999999999999", "", "%00", "%FF", "5%00"):
         status, ctype, payload = await call(gw, "GET", f"/admin/wallets/{wallet}/transactions?limit={limit}")
         assert_openai_error(status, ctype, payload)
         assert payload["error"]["param"] == "limit", payload
@@ -121,7 +121,8 @@ async def test_nul_and_junk_in_path_ids_are_json_4xx(gw) -> None:
     wallet, key = await gw.funded_key("1")
     for method, path in (("GET", "/admin/wallets/a%00b"), ("POST", "/admin/wallets/a%00b/credits"),
                          ("GET", "/admin/wallets/a%00b/transactions"), ("DELETE", "/admin/keys/a%00b"),
-                         ("GET", "/admin/keys?wallet=a%00b"), ("GET", f"/admin/wallets/{'w' * 300}"),
+                         ("GET", "/admin/keys?wallet=a%00b"), ("GET", "/admin/keys?wallet=%FF"),
+                         ("GET", "/admin/keys?wallet=acme&unknown=1"), ("GET", f"/admin/wallets/{'w' * 300}"),
                          ("GET", "/admin/wallets/%FF%FE")):
         status, ctype, payload = await call(gw, method, path, {"amount": "1"} if method == "POST" else None)
         assert_openai_error(status, ctype, payload, (400, 404))

@@ -140,11 +140,15 @@ async def _raw(port: int, request: bytes) -> bytes:
         writer.close()
 
 
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
 async def _wait_up(base_url: str, process: asyncio.subprocess.Process, log: Path) -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             if process.returncode is not None:
-                pytest.fail(f"meterway serve exited {process.returncode}:\n{log.read_text()}")
+                pytest.fail(f"meterway serve exited {process.returncode}:\n{_text(log)}")
             try:
                 async with session.get(f"{base_url}/healthz") as r:
                     if r.status == 200:
@@ -152,7 +156,7 @@ async def _wait_up(base_url: str, process: asyncio.subprocess.Process, log: Path
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.1)
-    pytest.fail(f"meterway serve did not come up:\n{log.read_text()}")
+    pytest.fail(f"meterway serve did not come up:\n{_text(log)}")
 
 
 async def test_no_secret_reaches_the_log_of_a_real_gateway(fake_upstream: str, tmp_path: Path) -> None:
@@ -206,10 +210,10 @@ async def test_no_secret_reaches_the_log_of_a_real_gateway(fake_upstream: str, t
             process.send_signal(signal.SIGINT)
             try:
                 await asyncio.wait_for(process.wait(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 process.kill()
                 await process.wait()
-    text = log.read_text(errors="replace")
+    text = _text(log)
     assert "bad HTTP request" in text, text  # the oversized headers were seen, and logged
     for name, secret in (("key", key), ("bad key", bad_key), ("admin token", admin), ("wrong admin token", wrong_admin),
                          ("metrics token", metrics), ("provider key", provider_key)):
