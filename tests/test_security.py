@@ -18,6 +18,7 @@ from config.settings import ConfigError, load_settings
 from gateway.logs import REDACTED, RedactSecrets
 from ledger.money import parse_usd
 from tests.gateway_harness import ADMIN_TOKEN
+from tests.test_admin_input import raw_http
 
 STRONG = "c0ffee" + secrets.token_hex(16)
 
@@ -96,6 +97,9 @@ async def test_metrics_with_a_token_needs_it(gateway_factory) -> None:
         async with session.get(f"{gw.base_url}/metrics", headers={"Authorization": f"Bearer {STRONG}"}) as r:
             assert r.status == 200
             assert "meterway_requests_total" in await r.text()
+    status, ctype, body = await raw_http(gw, b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                                         + f"Authorization: Bearer {STRONG}".encode() + b"\xff\r\n\r\n")
+    assert status == 401 and ctype == "application/json" and body["error"]["code"] == "invalid_metrics_token", body
 
 
 async def test_metrics_without_a_token_stays_open(gw) -> None:
