@@ -99,18 +99,28 @@ def parse(model: type[Model], data: Any) -> Model | ApiError:
 def _first_error(exc: ValidationError) -> ApiError:
     error = exc.errors(include_url=False, include_input=False)[0]
     param = ".".join(str(part) for part in error["loc"]) or None
-    hint = _HINTS.get(param or "", "")
     if error["type"] == "extra_forbidden":
         return invalid_request(f"Unknown parameter: '{param}'.", param, "unknown_parameter")
     if error["type"] == "missing":
         return invalid_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
-    return invalid_request(f"Invalid value for '{param}': {error['msg']}.{hint}", param, "invalid_value")
+    rule = _RULES.get(param or "", "")
+    # A regex says little to a caller: the rule in words instead.
+    if error["type"] == "string_pattern_mismatch" and rule:
+        reason = f"expected {rule}"
+    else:
+        reason = f"{error['msg']}" + (f"; expected {rule}" if rule else ".")
+    return invalid_request(f"Invalid value for '{param}': {reason}", param, "invalid_value")
 
 
-_HINTS = {
-    "amount": " Send USD as a decimal string, e.g. \"10.00\", with at most 9 decimals.",
-    "limit": f" It must be an integer from 1 to {TRANSACTIONS_LIMIT_MAX}.",
-    "wallet_id": " A wallet id is 1-64 letters, digits, '_', '.', '-', starting with a letter or digit.",
-    "wallet": " A wallet id is 1-64 letters, digits, '_', '.', '-', starting with a letter or digit.",
-    "id": " A wallet id is 1-64 letters, digits, '_', '.', '-', starting with a letter or digit.",
+_WALLET_ID_RULE = "a wallet id: 1-64 letters, digits, '_', '.', '-', starting with a letter or digit."
+_ID_RULE = f"an id: 1-{ID_CHARS_MAX} letters, digits, '_', '.', ':', '-', starting with a letter or digit."
+_RULES = {
+    "amount": "USD as a decimal string above 0, e.g. \"10.00\", with at most 9 decimals (not a JSON number).",
+    "limit": f"an integer from 1 to {TRANSACTIONS_LIMIT_MAX}.",
+    "id": _WALLET_ID_RULE, "wallet": _WALLET_ID_RULE, "wallet_id": _WALLET_ID_RULE,
+    "key_id": _ID_RULE, "request_id": _ID_RULE,
+    "transfer_id": f"an id: 1-{ID_CHARS_MAX} letters, digits and '_ . : / # @ + = -', starting with a letter or digit.",
+    "name": f"a string of at most {NAME_CHARS_MAX} characters, without control characters.",
+    "bot": f"a string of at most {NAME_CHARS_MAX} characters, without control characters.",
+    "memo": f"a string of at most {MEMO_CHARS_MAX} characters, without control characters.",
 }

@@ -90,6 +90,11 @@ async def test_credit_with_mistyped_fields_is_a_json_400(gw) -> None:
     for body in cases:
         status, ctype, payload = await call(gw, "POST", f"/admin/wallets/{wallet}/credits", body)
         assert_openai_error(status, ctype, payload)
+    for body, param in (({"amount": "1.00", "transfer_id": 12345}, "transfer_id"), ({"amount": "1", "memo": {"a": 1}}, "memo"),
+                        ({"amount": 1.1}, "amount"), ({"memo": "no amount"}, "amount"), ({"amount": "1", "x": 1}, "x")):
+        status, ctype, payload = await call(gw, "POST", f"/admin/wallets/{wallet}/credits", body)
+        assert_openai_error(status, ctype, payload)
+        assert payload["error"]["param"] == param and "pattern" not in payload["error"]["message"], payload
     assert await gw.balance(wallet) == parse_usd("1")
 
 
