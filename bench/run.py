@@ -385,6 +385,7 @@ def provision(meterway: str, config: Path, env: dict[str, str]) -> str:
             fail(f"`meterway {' '.join(args)}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
         return done.stdout
 
+    cli("migrate")  # serve and the operator commands refuse a Postgres schema that is behind
     cli("wallet", "create", "bench")
     cli("wallet", "credit", "bench", "1000000")
     match = re.search(r"^key:\s+(mw-\S+)", cli("keys", "create", "--wallet", "bench"), re.MULTILINE)

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "MW_REDIS_URL"))
     sqlite_path: str = "meterway.sqlite3"
     redis_prefix: str = "mw"
+    # Refuse to start when Redis's maxmemory-policy cannot be read (CONFIG
+    # disabled, as on some managed Redis). false = you checked it is noeviction.
+    redis_policy_check: bool = True
     # Enables /admin/*; unset = /admin/* is a 404. Empty or weak: refused at start.
     admin_token: SecretStr | None = None
     # Set: GET /metrics needs `Authorization: Bearer <metrics_token>`. Unset: /metrics is open.
@@ -222,6 +225,12 @@ class Settings(BaseSettings):
         return None
 
 
+# File paths among the settings. Relative ones in a config file (and the
+# default sqlite_path, when a config file is given) are taken from the config
+# file's directory, so the CLI run from anywhere opens the same ledger.
+PATH_SETTINGS = ("sqlite_path", "settle_journal_path")
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Read the TOML file (if any), apply the environment, validate."""
     data: dict[str, Any] = {}
@@ -230,14 +239,32 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError as exc:
             raise ConfigError(f"config file not found: {path}") from exc
+        except IsADirectoryError as exc:
+            raise ConfigError(f"config file {path} is a directory") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        data = _paths_from(Path(path).resolve().parent, data)
     data.update(overrides)
     try:
         return Settings(**data)
     except ValidationError as exc:
         # from None: pydantic's own rendering repeats input values, and a refused token is still a secret.
         raise ConfigError(_describe(exc, path)) from None
+
+
+def _paths_from(base: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Relative file paths of the config file, made absolute against its directory.
+
+    Paths from the environment (MW_SQLITE_PATH=...) stay as given: relative to
+    the working directory, as a shell user expects."""
+    resolved = dict(data)
+    resolved.setdefault("sqlite_path", Settings.model_fields["sqlite_path"].default)
+    for name in PATH_SETTINGS:
+        value = resolved.get(name)
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            resolved[name] = str(path if path.is_absolute() else base / path)
+    return resolved
 
 
 def _describe(exc: ValidationError, path: str | Path | None) -> str:

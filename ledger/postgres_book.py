@@ -79,6 +79,17 @@ class PostgresBook:
 
         return await self._with(run)
 
+    async def pending_migrations(self) -> list[int]:
+        """Versions migrate() would apply; reads only (serve checks, never migrates)."""
+        async def run(conn: asyncpg.Connection) -> list[int]:
+            if await conn.fetchval("SELECT to_regclass('mw_schema_migrations')") is None:
+                done: set[int] = set()
+            else:
+                done = {r[0] for r in await conn.fetch("SELECT version FROM mw_schema_migrations")}
+            return [version for version, _ in migration_files("postgres") if version not in done]
+
+        return await self._with(run)
+
     async def create_wallet(self, wallet_id: str, name: str | None = None) -> Wallet:
         validate_wallet_id(wallet_id)
 

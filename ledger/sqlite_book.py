@@ -67,6 +67,15 @@ class SqliteBook:
     async def migrate(self) -> list[int]:
         return await self._run(_migrate)
 
+    async def pending_migrations(self) -> list[int]:
+        """Versions migrate() would apply; reads only."""
+        def read(conn: sqlite3.Connection) -> list[int]:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mw_schema_migrations'").fetchone()
+            done = {row[0] for row in conn.execute("SELECT version FROM mw_schema_migrations")} if exists else set()
+            return [version for version, _ in migration_files("sqlite") if version not in done]
+
+        return await self._run(read)
+
     async def create_wallet(self, wallet_id: str, name: str | None = None) -> Wallet:
         validate_wallet_id(wallet_id)
 

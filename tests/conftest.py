@@ -113,6 +113,11 @@ async def store_settings(backend: str, tmp_path) -> AsyncIterator[dict]:
             await client.ping()
         except (OSError, aioredis.ConnectionError) as exc:
             missing_service(f"Redis not reachable at {REDIS_TEST_URL}: {exc}")
+        # A gateway refuses a Postgres schema that is behind (migrating is the
+        # operator's explicit step, `meterway migrate`): take that step here.
+        migrator = await PostgresBook.connect(dsn)
+        await migrator.migrate()
+        await migrator.close()
         prefix = f"mwt{uuid.uuid4().hex[:10]}"
         try:
             yield {"database_url": dsn, "redis_url": REDIS_TEST_URL, "redis_prefix": prefix}

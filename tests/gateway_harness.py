@@ -18,6 +18,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway.app import create_app
+from gateway.backends import migrate
 from gateway.operations import Operations
 from gateway.state import STATE, GatewayState
 from ledger.book import LedgerTotals, check_invariants
@@ -114,6 +115,9 @@ class Harness:
 
 
 async def start_gateway(settings: Settings) -> Harness:
+    # A gateway refuses a Postgres schema that is behind: migrating is the
+    # operator's explicit step (`meterway migrate`), taken here as they would.
+    await migrate(settings)
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
