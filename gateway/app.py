@@ -10,13 +10,13 @@ import aiohttp
 from aiohttp import web
 
 from config.settings import Settings
-from gateway import admin, admin_models, errors, proxy, tokens
+from gateway import admin, admin_models, errors, proxy, readiness, tokens
 from gateway.auth import KeyCache, authenticate, bearer_matches
 from gateway.backends import Stores, open_stores
 from gateway.billing import Billing
 from gateway.errors import ApiError
 from gateway.metrics import Metrics
-from gateway.settlement import SettleLimits, Settler
+from gateway.settlement import replay_at_start, settler_for
 from gateway.state import STATE, GatewayState, build_routes
 from gateway.sweeper import sweep_forever
 from ledger.book import SettledUsage
@@ -42,6 +42,7 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     app.router.add_get("/v1/usage/{request_id}", get_usage)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readiness.readyz)
     if settings.admin_token is not None:
         admin.add_routes(app)  # no admin token: /admin/* does not exist (404), rather than a door to guess at
     app.on_response_prepare.append(_mark_response_started)
@@ -52,8 +53,9 @@ def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Applica
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         stores = given or await open_stores(settings)
         limits = settings.limits
-        settler = Settler(stores.book, stores.holds, SettleLimits(
-            limits.settle_batch_max, limits.settle_queue_max, limits.settle_retry_max, limits.settle_retry_delay_s))
+        settler = settler_for(stores.book, stores.holds, settings)
+        # Settlements journaled at the last shutdown are committed before serving.
+        await replay_at_start(settler)
         connector = aiohttp.TCPConnector(limit=limits.upstream_connections_max, limit_per_host=limits.upstream_connections_max)
         timeout = aiohttp.ClientTimeout(total=limits.upstream_total_timeout_s, sock_connect=limits.upstream_connect_timeout_s)
         session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
@@ -63,7 +65,8 @@ def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Applica
             None, tokens.warm_up, {r.encoding.name for r in routes.values()})
         state = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler,
-            billing=Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s),
+            billing=Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s,
+                            settle_wait_max_s=limits.settle_wait_max_s),
             keys=KeyCache(stores.book, limits.key_cache_ttl_s, limits.key_cache_entries_max),
             session=session, metrics=metrics, routes=routes,
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from gateway.errors import ApiError, service_unavailable
-from gateway.settlement import Settler
+from gateway.settlement import SettlementDelayed, Settler
 from ledger.book import Book, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
@@ -48,8 +48,10 @@ class Shortage:
 
 class Billing:
     def __init__(self, book: Book, holds: HoldStore, settler: Settler, hold_ttl_s: float,
-                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 settle_wait_max_s: float = 10.0) -> None:
         self._book = book
+        self._settle_wait_max_s = settle_wait_max_s
         self._holds = holds
         self._settler = settler
         self._hold_ttl_s = hold_ttl_s
@@ -59,6 +61,10 @@ class Billing:
 
     async def reserve(self, wallet_id: str, request_id: str, amount_nusd: int) -> Hold | Shortage | ApiError:
         assert amount_nusd > 0, amount_nusd
+        if self._settler.full:
+            # The ledger is behind (or down): take no new work whose charge could not be kept.
+            return service_unavailable("Too many settlements are waiting for the ledger; nothing was charged. "
+                                       "Retry shortly.", "settlement_backlog")
         try:
             result = await self._holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
             if result.status is ReserveStatus.WALLET_UNKNOWN or (
@@ -93,12 +99,16 @@ class Billing:
         assert hold.state is HoldState.OPEN, hold
         assert record.request_id == hold.request_id and record.wallet_id == hold.wallet_id, (hold, record)
         hold.state = HoldState.SETTLED
-        # Shielded: a cancelled caller (client gone, shutdown) must not stop the
-        # settlement half-way; once queued it is committed regardless.
-        future = self._settler.try_submit(record)
-        if future is None:  # the queue is full: wait for room, still uncancellable
-            future = await asyncio.shield(self._settler.submit(record))
-        return await asyncio.shield(future)
+        # Once enqueued (synchronously, so no cancellation can come between),
+        # the Settler owns the record: committed, or journaled at shutdown.
+        future = self._settler.enqueue(record)
+        try:
+            # Shielded: a cancelled or impatient caller stops waiting, never the settlement.
+            return await asyncio.wait_for(asyncio.shield(future), self._settle_wait_max_s)
+        except TimeoutError:
+            # Answer without a cost (only a committed debit is ever shown); the
+            # settlement goes on in the background.
+            raise SettlementDelayed(f"not committed within {self._settle_wait_max_s:g} s; it is still being settled") from None
 
     async def release(self, hold: Hold) -> None:
         if hold.state is not HoldState.OPEN:

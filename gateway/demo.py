@@ -43,12 +43,12 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_settings(args: argparse.Namespace, upstream_url: str, admin_token: str) -> Settings:
+def demo_settings(args: argparse.Namespace, upstream_url: str, admin_token: str, metrics_token: str) -> Settings:
     settings = Settings(
         listen={"host": args.host, "port": args.port},
         sqlite_path=str(Path(args.db).resolve()),
         providers={"fake": {"base_url": upstream_url, "models": list(DEMO_MODELS)}},
-        models=DEMO_MODELS, admin_token=admin_token,
+        models=DEMO_MODELS, admin_token=admin_token, metrics_token=metrics_token,
     )
     # The environment may point at Postgres/Redis; the demo is embedded whatever it says.
     return settings.model_copy(update={"database_url": None, "redis_url": None})
@@ -71,9 +71,11 @@ async def _demo(args: argparse.Namespace) -> int:
     from gateway.fake_upstream import FakeConfig, start_fake_upstream
     from gateway.operations import Operations
 
+    stopped = _stop_signal()  # before anything is printed: a Ctrl-C right after the banner stops cleanly
     fake, upstream_url = await start_fake_upstream(FakeConfig(models=tuple(DEMO_MODELS)))
-    admin_token = secrets.token_urlsafe(32)
-    settings = demo_settings(args, upstream_url, admin_token)
+    # Fresh tokens each run: /admin and /metrics are never open, whatever --host says.
+    admin_token, metrics_token = secrets.token_hex(24), secrets.token_hex(24)
+    settings = demo_settings(args, upstream_url, admin_token, metrics_token)
     stores = await open_stores(settings)  # embedded: migrates the demo file
     runner: web.AppRunner | None = None
     try:
@@ -86,8 +88,8 @@ async def _demo(args: argparse.Namespace) -> int:
         port = runner.addresses[0][1]
         host = settings.listen.host
         base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-        print(_banner(settings, upstream_url, base_url, balance, new_key.secret, admin_token), flush=True)
-        await _until_stopped()
+        print(_banner(settings, upstream_url, base_url, balance, new_key.secret, admin_token, metrics_token), flush=True)
+        await stopped.wait()
     finally:
         if runner is not None:
             await runner.cleanup()
@@ -106,12 +108,12 @@ async def _funded_wallet(ops: Any) -> int:
     return balance
 
 
-async def _until_stopped() -> None:
+def _stop_signal() -> asyncio.Event:
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
-    await stopped.wait()
+    return stopped
 
 
 def curl_line(base_url: str, secret: str) -> str:
@@ -130,7 +132,8 @@ def python_snippet(base_url: str, secret: str) -> str:
     ])
 
 
-def _banner(settings: Settings, upstream_url: str, base_url: str, balance: int, secret: str, admin_token: str) -> str:
+def _banner(settings: Settings, upstream_url: str, base_url: str, balance: int, secret: str, admin_token: str,
+            metrics_token: str) -> str:
     return f"""
 Meterway demo: a working gateway, nothing else to run.
   gateway:  {base_url}
@@ -139,6 +142,7 @@ Meterway demo: a working gateway, nothing else to run.
   wallet:   {DEMO_WALLET}, balance {format_usd(balance)} USD (funded once, by transfer {DEMO_FUNDING_ID})
   key:      {secret}
   admin:    {admin_token} (this run only; Authorization: Bearer ... on /admin/*)
+  metrics:  {metrics_token} (this run only; Authorization: Bearer ... on /metrics)
 
 Call it (the cost is in the X-Usage-Cost header):
 

@@ -6,15 +6,37 @@ limits.settle_batch_max, and commits it as one batch: at light load a batch is
 one request and costs one commit; under load the commit cost is shared. Only
 after the commit are the batch's holds released and the waiters woken, so a
 cost that a client sees is always a cost already in the book.
+
+Once enqueued, a record is never dropped. It ends in exactly one of:
+- committed (the waiter, if still waiting, gets the SettleResult);
+- waiting in the retry queue while the ledger is unavailable (LedgerUnavailable:
+  retried with a doubling back-off up to settle_retry_delay_max_s; the waiter
+  hears SettlementDelayed at once and shows no cost);
+- refused for good (LedgerFailure, or any unexpected error: logged with its
+  traceback, the waiter hears SettlementFailed, the hold is released and the
+  record is appended to the settle journal for replay once fixed);
+- at shutdown, after settle_shutdown_timeout_s, appended to the settle journal
+  (gateway/journal.py), which the next start or `meterway journal replay`
+  commits.
+
+The loop cannot die of a batch: every batch's errors are caught. If the task
+ends anyway (a bug, a stray cancellation), it is restarted and the batch it
+held goes back to the retry queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
-from typing import Any, Coroutine
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
 
+import orjson
+
+from config.settings import Settings
+from gateway.journal import Journal, JournalEntry
 from ledger.book import Book, SettleOutcome, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldSettlement, HoldStore, HoldStoreUnavailable
@@ -26,147 +48,441 @@ log = logging.getLogger("meterway.settlement")
 class SettleLimits:
     batch_max: int
     queue_max: int
-    retry_max: int
+    retry_max: int  # retries of a batch in the loop, before it waits in the retry queue
     retry_delay_s: float
+    retry_delay_max_s: float = 5.0
+    retry_queue_max: int = 20_000
+    stuck_after_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
 
 
 class SettlementUnavailable(Exception):
-    """The book could not be written; the record stays queued and is retried."""
+    """The settlement is not committed (yet): the caller must show no cost."""
+
+
+class SettlementDelayed(SettlementUnavailable):
+    """The ledger is unavailable or slow; the record is kept and committed later
+    (or journaled at shutdown and committed at the next start)."""
+
+
+class SettlementFailed(SettlementUnavailable):
+    """The ledger refused the batch for good, or settling it hit a bug; the
+    records are in the settle journal for an operator to replay once fixed."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    record: UsageRecord
+    future: asyncio.Future[SettleResult]
+    queued_at: float
+
+
+@dataclass(frozen=True)
+class SettlerHealth:
+    running: bool
+    queued: int
+    retrying: int
+    oldest_age_s: float
+    restarts: int
+    problems: tuple[str, ...]
+
+
+@dataclass
+class ReplayReport:
+    """What a journal replay did; settled + already + conflicts + unknown_wallets + kept == records."""
+
+    files: int = 0
+    records: int = 0
+    settled: int = 0  # committed now
+    already: int = 0  # committed before (REPLAY): nothing changed
+    conflicts: int = 0  # committed before with another cost: nothing changed, logged
+    unknown_wallets: int = 0  # the wallet does not exist: nothing to charge, logged
+    kept: int = 0  # refused by the ledger or unreadable: still in the journal
+    partial_lines: int = 0  # cut short by a crash while being written: skipped
+    busy_files: int = 0  # being replayed by another process: left to it
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.settled} settled, {self.already} already settled, {self.conflicts} conflicts, "
+                f"{self.unknown_wallets} unknown wallets, {self.kept} kept in the journal, "
+                f"{self.partial_lines} partial lines skipped ({self.records} records in {self.files} files"
+                f"{f', {self.busy_files} busy' if self.busy_files else ''})")
+
+
+def _retrieve(future: asyncio.Future[SettleResult]) -> None:
+    # A waiter past its deadline no longer reads its future; reading the
+    # exception here keeps asyncio from logging it as never retrieved.
+    if not future.cancelled():
+        future.exception()
 
 
 class Settler:
-    def __init__(self, book: Book, holds: HoldStore, limits: SettleLimits) -> None:
+    def __init__(self, book: Book, holds: HoldStore, limits: SettleLimits, journal: Journal | None = None) -> None:
         self._book = book
         self._holds = holds
         self._limits = limits
-        self._queue: asyncio.Queue[tuple[UsageRecord, asyncio.Future[SettleResult]]] = asyncio.Queue(limits.queue_max)
+        self._journal = journal
+        self._queue: deque[_Pending] = deque()
+        self._retry: deque[_Pending] = deque()  # waiting for the ledger, oldest first
+        self._current: list[_Pending] = []  # the batch being written
+        self._finishing: set[asyncio.Task[None]] = set()  # committed batches releasing their holds
+        self._unfinished = 0  # records neither committed-and-finished nor handed to the journal
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wakeup = asyncio.Event()
+        self._retry_delay_s = self._first_retry_delay()
+        self._retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._closed = False
         self.batches_committed = 0
+        self.restarts = 0
+
+    # --- the callers' side ----------------------------------------------------
 
     def start(self) -> None:
         assert self._task is None
-        self._task = asyncio.create_task(self._run(), name="meterway-settler")
+        self._launch(0.0)
+
+    @property
+    def full(self) -> bool:
+        """No room for more settlements: new requests must be refused before any upstream work."""
+        return len(self._queue) >= self._limits.queue_max or len(self._retry) >= self._limits.retry_queue_max
+
+    def enqueue(self, record: UsageRecord) -> asyncio.Future[SettleResult]:
+        """Take a settlement; from now on it is committed or journaled, whatever becomes of the caller.
+
+        Never blocks and never refuses: the bound is applied before the request
+        is forwarded (see `full`), because by now the upstream has done the work.
+        The future resolves after the commit, or fails with a SettlementUnavailable.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SettleResult] = loop.create_future()
+        future.add_done_callback(_retrieve)
+        if self._closed:
+            self._journal_now([record], "arrived after the settler closed")
+            future.set_exception(SettlementDelayed("the gateway is shutting down; the settlement is journaled"))
+            return future
+        self._queue.append(_Pending(record, future, loop.time()))
+        self._unfinished += 1
+        self._idle.clear()
+        self._wakeup.set()
+        return future
 
     async def settle(self, record: UsageRecord) -> SettleResult:
-        return await self.submit(record)
-
-    def try_submit(self, record: UsageRecord) -> asyncio.Future[SettleResult] | None:
-        """Queue a settlement without waiting, or None if the queue is full.
-
-        The returned future resolves after the commit; once queued, the
-        settlement happens whatever becomes of the caller.
-        """
-        future: asyncio.Future[SettleResult] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((record, future))
-        except asyncio.QueueFull:
-            return None
-        return future
-
-    async def submit(self, record: UsageRecord) -> asyncio.Future[SettleResult]:
-        """try_submit(), waiting for room at limits.settle_queue_max (backpressure)."""
-        future = self.try_submit(record)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            await self._queue.put((record, future))
-        return future
+        return await self.enqueue(record)
 
     async def drain(self) -> None:
-        """Wait until every queued settlement is committed (shutdown, tests)."""
-        await self._queue.join()
+        """Wait until every pending settlement is committed or journaled (shutdown, tests)."""
+        await self._idle.wait()
+
+    def health(self) -> SettlerHealth:
+        now = asyncio.get_running_loop().time()
+        heads = [q[0].queued_at for q in (self._current, self._retry, self._queue) if q]
+        oldest = now - min(heads) if heads else 0.0
+        running = self._task is not None and not self._task.done()
+        problems = []
+        if not running:
+            problems.append("the settle loop is not running")
+        if self._retry:
+            problems.append(f"{len(self._retry)} settlements wait for the ledger to come back")
+        if oldest > self._limits.stuck_after_s:
+            problems.append(f"the oldest pending settlement waits for {oldest:.1f} s")
+        if self.full:
+            problems.append("the settle backlog is full: new requests are refused")
+        return SettlerHealth(running, len(self._queue) + len(self._current), len(self._retry), oldest,
+                             self.restarts, tuple(problems))
 
     async def close(self) -> None:
-        await self.drain()
-        for task in [self._task, *self._background]:
-            if task is not None:
-                task.cancel()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Give pending settlements settle_shutdown_timeout_s to commit, then journal the rest."""
+        self._closing = True
+        self._wakeup.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._limits.shutdown_timeout_s):
+                await self.drain()
+        tasks = [t for t in (self._task, *self._finishing) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        left = [*self._current, *self._retry, *self._queue]
+        self._current, self._retry, self._queue = [], deque(), deque()
+        self._closed = True
+        if left:
+            # A record whose write was cut off here may have committed: replay
+            # is idempotent by request id, so journaling it too is safe.
+            await self._journal_records([p.record for p in left], "not committed before shutdown")
+            error = SettlementDelayed("the gateway is shutting down; the settlement is journaled")
+            for pending in left:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+        self._unfinished = 0
+        self._idle.set()
 
-    async def _run(self) -> None:
+    # --- the loop ---------------------------------------------------------------
+
+    def _launch(self, delay_s: float) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(delay_s), name="meterway-settler")
+        self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if self._closing:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error("the settle loop ended unexpectedly (%s); restarting it", "cancelled" if error is None else repr(error),
+                  exc_info=error)
+        if self._current:
+            self._retry.extendleft(reversed(self._current))  # unfinished: back to the front
+            self._current = []
+        self.restarts += 1
+        self._launch(self._limits.retry_delay_s)  # a pause, so a loop that dies at once cannot spin
+
+    async def _run(self, delay_s: float) -> None:
+        if delay_s:
+            await asyncio.sleep(delay_s)
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._limits.batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch, retrying = await self._next_batch()
+            self._current = batch
             try:
-                results = await self._write_with_retries([record for record, _ in batch])
-            except BaseException:
-                self._done(batch)
-                raise
-            if results is None:
-                self._fail(batch)
-                continue
-            # The next batch may commit while this one's holds are released.
-            self._spawn(self._finish(batch, results))
+                await self._settle(batch, retrying)
+            except Exception:
+                log.exception("the settle loop failed on a batch of %d; giving it up", len(batch))
+                if self._current:
+                    await self._give_up(self._current, "settle loop error")
+            self._current = []
 
-    async def _finish(self, batch: list[tuple[UsageRecord, asyncio.Future[SettleResult]]], results: list[SettleResult]) -> None:
-        """Release the committed batch's holds, then wake its waiters (always, even if Redis fails)."""
+    async def _next_batch(self) -> tuple[list[_Pending], bool]:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._retry and loop.time() >= self._retry_at:
+                return self._take(self._retry), True
+            if self._queue:
+                return self._take(self._queue), False
+            self._wakeup.clear()
+            timeout = max(self._retry_at - loop.time(), 0.0) if self._retry else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _take(self, source: deque[_Pending]) -> list[_Pending]:
+        return [source.popleft() for _ in range(min(len(source), self._limits.batch_max))]
+
+    async def _settle(self, batch: list[_Pending], retrying: bool) -> None:
+        # While others already wait for the ledger, one attempt: it is known
+        # to be down, and the waiters should hear so at once.
+        attempts = 1 if retrying or self._retry else self._limits.retry_max + 1
         try:
-            await self._release_holds([record for record, _ in batch], results)
-        except Exception:
-            log.exception("hold release failed after settlement; the holds will expire")
-        finally:
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
-            self.batches_committed += 1
-            self._done(batch)
+            results = await self._write([p.record for p in batch], attempts)
+        except LedgerUnavailable as exc:
+            self._current = []
+            self._defer(batch, exc, retrying)
+            return
+        except Exception as exc:
+            self._current = []
+            log.exception("the ledger refused a batch of %d settlements; their requests show no cost, "
+                          "the records go to the settle journal", len(batch))
+            await self._give_up(batch, f"{type(exc).__name__}: {exc}")
+            return
+        self._current = []
+        if self._retry:  # the ledger answers again: the retry queue goes next, now
+            self._retry_delay_s = self._first_retry_delay()
+            self._retry_at = 0.0
+        task = asyncio.get_running_loop().create_task(self._finish(batch, results))
+        self._finishing.add(task)  # the next batch may commit while this one's holds are released
+        task.add_done_callback(self._finishing.discard)
 
-    def _fail(self, batch: list[tuple[UsageRecord, asyncio.Future[SettleResult]]]) -> None:
-        error = SettlementUnavailable("the ledger is unavailable; the settlement will be retried")
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(error)
-        self._requeue_later([record for record, _ in batch])
-        self._done(batch)
-
-    def _done(self, batch: list[tuple[UsageRecord, asyncio.Future[SettleResult]]]) -> None:
-        for _ in batch:
-            self._queue.task_done()
-
-    async def _write_with_retries(self, records: list[UsageRecord]) -> list[SettleResult] | None:
-        for attempt in range(self._limits.retry_max + 1):
+    async def _write(self, records: list[UsageRecord], attempts: int) -> list[SettleResult]:
+        for attempt in range(attempts):
             try:
                 return await self._book.settle_batch(records)
             except LedgerUnavailable as exc:
-                log.warning("settle batch of %d failed (attempt %d): %s", len(records), attempt + 1, exc)
-                if attempt < self._limits.retry_max:  # after the last one, _requeue_later does the waiting
-                    await asyncio.sleep(self._limits.retry_delay_s * (2**attempt))
-        return None
+                log.warning("settle batch of %d failed (attempt %d of %d): %s", len(records), attempt + 1, attempts, exc)
+                if attempt + 1 == attempts:
+                    raise
+                await asyncio.sleep(min(self._limits.retry_delay_s * 2**attempt, self._limits.retry_delay_max_s))
+        raise AssertionError("attempts must be at least 1")
 
-    async def _release_holds(self, records: list[UsageRecord], results: list[SettleResult]) -> None:
-        settled = [
-            HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version)
-            for record, result in zip(records, results) if result.outcome is not SettleOutcome.UNKNOWN_WALLET
-        ]
-        unknown = [record for record, result in zip(records, results) if result.outcome is SettleOutcome.UNKNOWN_WALLET]
+    def _first_retry_delay(self) -> float:
+        return min(self._limits.retry_delay_s * 2**self._limits.retry_max, self._limits.retry_delay_max_s) or 0.01
+
+    def _defer(self, batch: list[_Pending], exc: LedgerUnavailable, retrying: bool) -> None:
+        if retrying:
+            self._retry.extendleft(reversed(batch))  # still the oldest: first again
+            self._retry_delay_s = min(self._retry_delay_s * 2, self._limits.retry_delay_max_s)
+        else:
+            self._retry.extend(batch)
+        self._retry_at = asyncio.get_running_loop().time() + self._retry_delay_s
+        log.warning("ledger unavailable (%s): %d settlements wait for it, next try in %.1f s",
+                    exc, len(self._retry), self._retry_delay_s)
+        error = SettlementDelayed("the ledger is unavailable; the settlement is kept and committed when it is back")
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    async def _give_up(self, batch: list[_Pending], reason: str) -> None:
+        self._current = []
+        error = SettlementFailed(f"the settlement could not be committed ({reason}); it is kept in the settle journal")
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
         try:
-            await self._holds.settle_many(settled)
-            for record in unknown:
-                await self._holds.release(record.wallet_id, record.request_id)
+            await self._journal_records([p.record for p in batch], reason)
+            for pending in batch:  # nothing will settle these holds now; free the money
+                with contextlib.suppress(Exception):
+                    await self._holds.release(pending.record.wallet_id, pending.record.request_id)
+        finally:
+            self._finished(len(batch))
+
+    async def _finish(self, batch: list[_Pending], results: list[SettleResult]) -> None:
+        """Release the committed batch's holds, then wake its waiters (always, even if Redis fails)."""
+        try:
+            await release_holds(self._holds, [p.record for p in batch], results)
         except HoldStoreUnavailable as exc:
             # The debits are committed; the holds expire on their own and the
             # mirror catches up with the next (balance, version) it sees.
-            log.warning("hold release failed after settlement: %s", exc)
+            log.warning("hold release failed after settlement; the holds will expire: %s", exc)
+        except Exception:
+            log.exception("hold release failed after settlement; the holds will expire")
+        finally:
+            for pending, result in zip(batch, results):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+            self.batches_committed += 1
+            self._finished(len(batch))
 
-    def _requeue_later(self, records: list[UsageRecord]) -> None:
-        # The upstream has done the work, so the charge must not be dropped:
-        # keep retrying in the background, with the usual bounded queue.
-        async def retry() -> None:
-            await asyncio.sleep(self._limits.retry_delay_s * (2**self._limits.retry_max))
-            for record in records:
-                self._spawn(self._settle_quietly(record))
+    def _finished(self, count: int) -> None:
+        self._unfinished -= count
+        if self._unfinished <= 0:
+            self._unfinished = 0
+            self._idle.set()
 
-        self._spawn(retry())
+    # --- the journal --------------------------------------------------------------
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _journal_records(self, records: list[UsageRecord], reason: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._journal_now, records, reason)
 
-    async def _settle_quietly(self, record: UsageRecord) -> None:
+    def _journal_now(self, records: list[UsageRecord], reason: str) -> None:
+        """Append to the journal; if even that fails, the records go to the log in full (never silently lost)."""
         try:
-            await self.settle(record)
-        except SettlementUnavailable:
-            pass
+            if self._journal is None:
+                raise OSError("no settle journal configured")
+            path = self._journal.append(records)
+            log.warning("%d settlements journaled to %s (%s); `meterway journal replay` or the next start commits them",
+                        len(records), path, reason)
+        except OSError:
+            log.critical("%d settlements could not be journaled (%s); their records follow", len(records), reason,
+                         exc_info=True)
+            for record in records:
+                log.critical("unjournaled settlement: %s", orjson.dumps(record.as_dict()).decode())
+
+    async def replay_journal(self) -> ReplayReport:
+        """Commit every journal file not being replayed elsewhere; idempotent by request id.
+
+        Raises LedgerUnavailable if the ledger goes away mid-way; what was not
+        committed stays in the journal.
+        """
+        report = ReplayReport()
+        if self._journal is None:
+            return report
+        for path in self._journal.files():
+            with self._journal.claim(path) as claimed:
+                if claimed is None:
+                    report.busy_files += 1
+                    continue
+                report.files += 1
+                report.partial_lines += int(claimed.partial_tail)
+                kept = [entry for entry in claimed.entries if entry.record is None]
+                if kept:
+                    log.error("journal %s: %d unreadable lines kept for an operator", path, len(kept))
+                readable = [entry for entry in claimed.entries if entry.record is not None]
+                report.records += len(readable)
+                try:
+                    await self._replay_entries(readable, report, kept)
+                finally:
+                    report.kept += len(kept)
+                    self._journal.keep(path, kept)
+        return report
+
+    async def _replay_entries(self, entries: list[JournalEntry], report: ReplayReport, kept: list[JournalEntry]) -> None:
+        """Commit entries; what must stay in the journal is appended to kept (also when raising)."""
+        seen: set[str] = set()
+        unique = []
+        for entry in entries:
+            assert entry.record is not None
+            if entry.record.request_id in seen:
+                report.already += 1  # the same record journaled twice: one settlement
+            else:
+                seen.add(entry.record.request_id)
+                unique.append(entry)
+        step = self._limits.batch_max
+        for start in range(0, len(unique), step):
+            chunk = unique[start: start + step]
+            try:
+                await self._replay_chunk(chunk, report)
+            except LedgerUnavailable:
+                kept += unique[start:]
+                raise
+            except Exception:
+                # One bad record must not keep the others out: try each alone.
+                for entry in chunk:
+                    try:
+                        await self._replay_chunk([entry], report)
+                    except LedgerUnavailable:
+                        kept += unique[start + chunk.index(entry):]
+                        raise
+                    except Exception as exc:
+                        log.exception("journal replay: %s refused; kept in the journal", entry.record and entry.record.request_id)
+                        report.errors.append(f"{entry.record and entry.record.request_id}: {exc}")
+                        kept.append(entry)
+
+    async def _replay_chunk(self, chunk: list[JournalEntry], report: ReplayReport) -> None:
+        records = [entry.record for entry in chunk if entry.record is not None]
+        results = await self._book.settle_batch(records)
+        for record, result in zip(records, results):
+            if result.outcome is SettleOutcome.SETTLED:
+                report.settled += 1
+            elif result.outcome is SettleOutcome.REPLAY:
+                report.already += 1
+            elif result.outcome is SettleOutcome.CONFLICT:
+                report.conflicts += 1
+                log.error("journal replay: %s was settled before with another cost; left as it was", record.request_id)
+            else:
+                report.unknown_wallets += 1
+                log.error("journal replay: %s names unknown wallet %r; nothing charged", record.request_id, record.wallet_id)
+        try:
+            await release_holds(self._holds, records, results)
+        except Exception as exc:
+            log.warning("journal replay: hold release failed; the holds will expire: %s", exc)
+
+
+async def release_holds(holds: HoldStore, records: Sequence[UsageRecord], results: Sequence[SettleResult]) -> None:
+    """Settle the holds of committed records (the mirror learns the new balance) or release them."""
+    settled = [
+        HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version)
+        for record, result in zip(records, results) if result.outcome is not SettleOutcome.UNKNOWN_WALLET
+    ]
+    unknown = [record for record, result in zip(records, results) if result.outcome is SettleOutcome.UNKNOWN_WALLET]
+    await holds.settle_many(settled)
+    for record in unknown:
+        await holds.release(record.wallet_id, record.request_id)
+
+
+def settler_for(book: Book, holds: HoldStore, settings: Settings) -> Settler:
+    limits = settings.limits
+    return Settler(book, holds, SettleLimits(
+        batch_max=limits.settle_batch_max, queue_max=limits.settle_queue_max, retry_max=limits.settle_retry_max,
+        retry_delay_s=limits.settle_retry_delay_s, retry_delay_max_s=limits.settle_retry_delay_max_s,
+        retry_queue_max=limits.settle_retry_queue_max, stuck_after_s=limits.settle_stuck_after_s,
+        shutdown_timeout_s=limits.settle_shutdown_timeout_s,
+    ), Journal(settings.journal_path))
+
+
+async def replay_at_start(settler: Settler) -> ReplayReport | None:
+    """Commit the settle journal before serving; a failure is logged and the journal kept for later."""
+    try:
+        report = await settler.replay_journal()
+    except Exception:
+        log.exception("settle journal replay at start failed; the journal is kept (`meterway journal replay` retries)")
+        return None
+    if report.files or report.busy_files:
+        level = logging.WARNING if report.kept or report.partial_lines else logging.INFO
+        log.log(level, "settle journal replayed at start: %s", report.summary())
+    return report

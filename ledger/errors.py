@@ -8,7 +8,16 @@ these exceptions are for what the caller cannot continue from.
      │                         target of credits, deposits or keys
      ├── AccountExists         create_wallet on an id that is taken
      ├── InsufficientFunds     a transfer would overdraw an account
-     └── LedgerUnavailable     the database cannot be reached (retry later)
+     ├── LedgerUnavailable     the database cannot be reached or is overloaded, for now:
+     │                         a retry of the same call may succeed (connection lost,
+     │                         too many connections, shutting down, deadlock, locked)
+     └── LedgerFailure         the database refused the call and a retry will not help
+                               until an operator acts (schema not migrated, a constraint
+                               or data error, a bug): fail loudly, do not retry
+
+Each backend translates its driver's errors into exactly one of these, in one
+place (postgres_book._with, sqlite_book._call), so callers decide by class
+whether to retry.
 """
 
 
@@ -40,3 +49,7 @@ class InsufficientFunds(LedgerError):
 
 class LedgerUnavailable(LedgerError):
     code = "ledger_unavailable"
+
+
+class LedgerFailure(LedgerError):
+    code = "ledger_failure"

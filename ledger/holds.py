@@ -145,6 +145,10 @@ class HoldStore(Protocol):
         """The mirror and its holds, or None if the wallet is not mirrored."""
         ...
 
+    async def ping(self) -> None:
+        """A cheap round trip (readiness); raises HoldStoreUnavailable when the store cannot answer."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -362,6 +366,9 @@ class InProcessHolds:
         if w is None:
             return None
         return WalletHolds(w.balance_nusd, w.version, w.held_nusd, len(w.holds))
+
+    async def ping(self) -> None:
+        """In memory: always available."""
 
     async def close(self) -> None:
         """Nothing to release; the state lives and dies with the process."""

@@ -7,6 +7,7 @@ item inside one transaction. asyncpg errors are translated here and nowhere else
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
@@ -31,10 +32,49 @@ from ledger.book import (
     migration_files,
     validate_wallet_id,
 )
-from ledger.errors import AccountExists, IdempotencyConflict, InsufficientFunds, LedgerUnavailable, UnknownAccount
+from ledger.errors import (
+    AccountExists,
+    IdempotencyConflict,
+    InsufficientFunds,
+    LedgerError,
+    LedgerFailure,
+    LedgerUnavailable,
+    UnknownAccount,
+)
 from ledger.rows import key_record, settled_usage, transfer_record
 
 T = TypeVar("T")
+
+# SQLSTATE classes (the first two characters) after which the same call may
+# succeed if retried, because the cause is the server's state, not the call:
+TRANSIENT_SQLSTATE_CLASSES = {
+    "08": "connection exception: the connection failed or was lost",
+    "53": "insufficient resources: too many connections, out of memory or disk, for now",
+    "57": "operator intervention: admin shutdown, crash recovery, cannot connect now, query canceled",
+    "40": "transaction rollback: serialization failure or deadlock; the transaction was undone",
+    "55": "object not in prerequisite state: e.g. a lock not available right now",
+    "58": "system error: an I/O error outside PostgreSQL",
+    "HV": "foreign data wrapper error: the remote side, usually unreachable",
+}
+# Every other class is permanent: the call itself is wrong for this database
+# (42 undefined table = not migrated, 23 integrity, 22 data, 2x state, XX
+# internal/corruption) and a retry would fail the same way.
+
+
+def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFailure:
+    """asyncpg's error -> LedgerUnavailable (retry) or LedgerFailure (don't)."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        # Refused, reset, unreachable, or no answer within the command timeout.
+        return LedgerUnavailable(f"{context} unavailable: {exc!r}")
+    if isinstance(exc, asyncpg.InterfaceError):
+        # Client-side: connection closed under us, pool closing or closed.
+        return LedgerUnavailable(f"{context} unavailable: {exc}")
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES:
+        return LedgerUnavailable(f"{context} unavailable ({sqlstate}): {exc}")
+    return LedgerFailure(f"{context} refused the operation ({sqlstate or type(exc).__name__}): {exc}")
+
+
 # Serialises migrations when several gateway processes start at once.
 MIGRATION_LOCK_ID = 0x6D77_6D69
 
@@ -47,8 +87,8 @@ class PostgresBook:
     async def connect(cls, dsn: str, *, pool_max: int = 10) -> "PostgresBook":
         try:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_max, command_timeout=30)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise LedgerUnavailable(f"cannot connect to Postgres: {exc}") from exc
+        except Exception as exc:
+            raise classify(exc, "Postgres (connecting)") from exc
         assert pool is not None
         return cls(pool)
 
@@ -56,9 +96,14 @@ class PostgresBook:
         try:
             async with self._pool.acquire() as conn:
                 return await fn(conn)
-        except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.CannotConnectNowError) as exc:
-            raise LedgerUnavailable(f"Postgres unavailable: {exc}") from exc
+        except LedgerError:
+            raise  # already translated inside fn (AccountExists, UnknownAccount, ...)
+        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+            raise classify(exc, "Postgres") from exc
+
+    async def ping(self) -> None:
+        """One round trip on a pooled connection: LedgerUnavailable if it fails."""
+        await self._with(lambda conn: conn.fetchval("SELECT 1"))
 
     async def migrate(self) -> list[int]:
         async def run(conn: asyncpg.Connection) -> list[int]:

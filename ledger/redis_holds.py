@@ -416,6 +416,13 @@ class RedisHolds:
             return None
         return WalletHolds(int(balance), int(version), int(held or 0), int(count))
 
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.ping()
+        except _UNAVAILABLE as exc:
+            raise HoldStoreUnavailable(f"Redis hold store unavailable: {exc}") from exc
+
     async def close(self) -> None:
         if self._close_client:
             await self._client.aclose()

@@ -32,9 +32,40 @@ from ledger.book import (
     validate_wallet_id,
 )
 from ledger.rows import USAGE_COLUMNS, key_record, settled_usage, transfer_record
-from ledger.errors import AccountExists, IdempotencyConflict, InsufficientFunds, LedgerUnavailable, UnknownAccount
+from ledger.errors import (
+    AccountExists,
+    IdempotencyConflict,
+    InsufficientFunds,
+    LedgerFailure,
+    LedgerUnavailable,
+    UnknownAccount,
+)
 
 T = TypeVar("T")
+
+# SQLite primary result codes after which the same call may succeed later,
+# because the cause is the file's or the machine's state, not the call:
+TRANSIENT_SQLITE_CODES = {
+    sqlite3.SQLITE_BUSY: "another connection holds the write lock (database is locked)",
+    sqlite3.SQLITE_LOCKED: "a table is locked by this connection's other statement",
+    sqlite3.SQLITE_IOERR: "disk I/O error, e.g. a full or flaky device",
+    sqlite3.SQLITE_FULL: "the disk is full; freeing space fixes it",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened right now (directory, descriptors)",
+    sqlite3.SQLITE_NOMEM: "out of memory",
+    sqlite3.SQLITE_PROTOCOL: "a WAL lock race between processes",
+}
+# Anything else is permanent: "no such table" (not migrated), constraint
+# violations, a corrupt or read-only file, a misuse: a retry fails the same way.
+
+
+def classify(exc: sqlite3.Error) -> LedgerUnavailable | LedgerFailure:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF  # extended codes carry the primary in the low byte
+    if primary in TRANSIENT_SQLITE_CODES:
+        return LedgerUnavailable(f"SQLite unavailable ({exc.sqlite_errorname}): {exc}")
+    if code is None and isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return LedgerUnavailable(f"SQLite unavailable: {exc}")
+    return LedgerFailure(f"SQLite refused the operation ({getattr(exc, 'sqlite_errorname', type(exc).__name__)}): {exc}")
 
 
 class SqliteBook:
@@ -48,12 +79,16 @@ class SqliteBook:
         return await loop.run_in_executor(self._executor, self._call, fn)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._open()
         try:
+            if self._conn is None:
+                self._conn = self._open()
             return fn(self._conn)
-        except sqlite3.OperationalError as exc:
-            raise LedgerUnavailable(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise classify(exc) from exc
+
+    async def ping(self) -> None:
+        """One statement on the ledger's thread: LedgerUnavailable if it fails."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     def _open(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.

@@ -120,7 +120,8 @@ async def store_settings(backend: str, tmp_path) -> AsyncIterator[dict]:
         await migrator.close()
         prefix = f"mwt{uuid.uuid4().hex[:10]}"
         try:
-            yield {"database_url": dsn, "redis_url": REDIS_TEST_URL, "redis_prefix": prefix}
+            yield {"database_url": dsn, "redis_url": REDIS_TEST_URL, "redis_prefix": prefix,
+                   "settle_journal_path": str(tmp_path / "meterway-journal.jsonl")}  # not in the working directory
         finally:
             async for key in client.scan_iter(match=f"{prefix}:*"):
                 await client.delete(key)

@@ -17,7 +17,11 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = "python3 -m pip install -e ."
@@ -107,6 +111,12 @@ def test_the_first_command_answers_a_chat_completion_with_its_cost_within_a_minu
         assert ran.returncode == 0, ran.stderr
         assert re.match(r"0\.\d+ \S", ran.stdout), ran.stdout
         assert time.monotonic() - started < 60, "the first command must answer within a minute"
+
+        # Even the demo keeps /metrics (revenue per model) closed.
+        gateway = demo.line("  gateway:").split()[-1]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{gateway}/metrics", timeout=10)
+        assert refused.value.code == 401
     finally:
         assert demo.stop() == 0
 
