@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.billing import Hold
+from gateway.estimate import rates_of
 from gateway.metering import Metered, count_prompt
 from gateway.settlement import SettlementUnavailable
 from gateway.state import GatewayState, Route
@@ -137,4 +138,4 @@ def passthrough_error(state: GatewayState, call: Call, status: int, raw: bytes, 
 
 
 def prompt_tokens(call: Call) -> int:
-    return count_prompt(call.endpoint, call.payload, call.route.encoding.name)
+    return count_prompt(call.endpoint, call.payload, call.route.encoding, rates_of(call.route.model_name, call.route.model))

@@ -295,10 +295,12 @@ def _content_text(content: Any) -> str:
 
 
 def _chat_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    # OpenAI's chat accounting: 3 tokens of framing per message plus 3 that
-    # prime the assistant's reply.
+    # OpenAI's chat accounting: 3 tokens of framing per message, its role
+    # (and name, plus 1) as text, plus 3 that prime the assistant's reply.
     total = 3
     for message in messages:
+        total += sum(count_tokens(message[key]) for key in ("role", "name") if isinstance(message.get(key), str))
+        total += 1 if isinstance(message.get("name"), str) else 0
         content = message.get("content")
         if isinstance(content, str):
             total += count_tokens(content) + 3

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.pricing import ModelPrice, TokenUsage, cost_nusd
-from gateway import tokens
+from gateway import media, tokens
 from ledger.money import AMOUNT_NUSD_MAX
 
 # A source ending in this marks usage beyond the sanity bounds (see capped()).
@@ -42,12 +42,20 @@ def usage_from_body(usage: Any) -> TokenUsage | None:
     return TokenUsage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
-def count_prompt(endpoint: str, payload: dict[str, Any], encoding: str) -> int:
+def count_prompt(endpoint: str, payload: dict[str, Any], encoding: tokens.EncodingChoice | str,
+                 rates: media.MediaRates = media.DEFAULT_RATES) -> int:
+    """Every input the provider bills: text, tool definitions, tool calls, schemas, images, audio."""
+    choice = encoding if isinstance(encoding, tokens.EncodingChoice) else tokens.EncodingChoice(encoding, True)
+    counter = tokens.PromptCounter(choice, rates)
+    count_into(endpoint, payload, counter)
+    return counter.total
+
+
+def count_into(endpoint: str, payload: dict[str, Any], counter: tokens.PromptCounter) -> None:
     if endpoint == "chat":
-        messages = payload.get("messages")
-        return tokens.count_chat_prompt(messages if isinstance(messages, list) else [], encoding)
-    field = "prompt" if endpoint == "completion" else "input"
-    return tokens.count_prompt_input(payload.get(field), encoding)
+        tokens.count_chat(payload, counter)
+    else:
+        tokens.count_prompt_input(payload.get("prompt" if endpoint == "completion" else "input"), counter)
 
 
 def meter(price: ModelPrice, reported: TokenUsage | None, counted: TokenUsage | None,

@@ -31,7 +31,7 @@ from gateway.calls import (
     usage_record,
 )
 from gateway.errors import ApiError
-from gateway.estimate import output_tokens_max, tight_prompt_tokens, worst_case_nusd
+from gateway.estimate import media_bound, output_tokens_max, rates_of, tight_prompt_tokens, worst_case_nusd
 from gateway.metering import meter, usage_from_body
 from gateway.operations import REQUEST_ID_PREFIX
 from gateway.state import STATE, GatewayState
@@ -147,13 +147,20 @@ async def _reserve(state: GatewayState, call: Call) -> Hold | ApiError:
     output_max = output_tokens_max(call.endpoint, call.payload, call.route.model)
     if isinstance(output_max, ApiError):
         return output_max
-    # len(body) bounds the prompt's tokens for free; tokenize only if that is too coarse.
-    amount = worst_case_nusd(call.route.price, len(call.body), output_max)
+    # len(body) bounds the text's tokens for free; images and audio at their most
+    # (gateway/estimate.py). Tokenize only if that is too coarse for the wallet.
+    rates = rates_of(call.route.model_name, call.route.model)
+    media = media_bound(call.endpoint, call.payload, rates)
+    amount = worst_case_nusd(call.route.price, len(call.body) + media.most, output_max)
     held = await _hold(state, call, amount)
-    if isinstance(held, Shortage):
-        # Tokenizing a prompt of up to limits.body_bytes_max takes a while: off the loop.
+    # A refusal must stay cheap: when even the least this request can cost
+    # (output, per call, images at their base) is more than the wallet has,
+    # refuse without tokenizing anything.
+    if isinstance(held, Shortage) and worst_case_nusd(call.route.price, media.least, output_max) <= held.available_nusd:
+        # At most limits.tokenize_bytes_max bytes are tokenized; off the loop all the same.
         tight = await asyncio.get_running_loop().run_in_executor(
-            None, tight_prompt_tokens, call.endpoint, call.payload, call.route.encoding, len(call.body))
+            None, tight_prompt_tokens, call.endpoint, call.payload, call.route.encoding, rates, len(call.body),
+            state.settings.limits.tokenize_bytes_max)
         tight_amount = worst_case_nusd(call.route.price, tight, output_max)
         if tight_amount < amount:
             held = await _hold(state, call, tight_amount)

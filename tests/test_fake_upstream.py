@@ -116,8 +116,8 @@ async def post_stream(
 
 
 def chat_prompt_tokens(*contents: str) -> int:
-    """OpenAI's chat accounting: contents + 3 per message + 3."""
-    return sum(len(ENC.encode(c)) for c in contents) + 3 * len(contents) + 3
+    """OpenAI's chat accounting: contents + 3 per message + its role (one token: user, system) + 3."""
+    return sum(len(ENC.encode(c)) for c in contents) + (3 + 1) * len(contents) + 3
 
 
 def content_chunks(chunks: list[dict[str, Any]]) -> list[str]:
@@ -663,8 +663,8 @@ async def test_directives_come_from_the_last_message_and_text_parts(client: open
     ]
     completion = await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
     assert completion.usage.completion_tokens == 2
-    # Text parts are counted one by one; each message adds 3, the reply 3.
-    texts = ["FAKE:completion_tokens=9", "ok", "Look:", "FAKE:completion_tokens=2"]
+    # Text parts are counted one by one; each message adds 3 and its role, the reply 3.
+    texts = ["FAKE:completion_tokens=9", "ok", "Look:", "FAKE:completion_tokens=2", "user", "assistant", "user"]
     assert completion.usage.prompt_tokens == sum(len(ENC.encode(t)) for t in texts) + 3 * 3 + 3
 
 

@@ -1,0 +1,206 @@
+"""What images and audio in a prompt cost, in prompt tokens.
+
+Images (OpenAI's vision pricing, gpt-4o style): `detail: low` costs the base
+tokens; otherwise the image is scaled to fit a 2048x2048 square, then its
+shortest side down to 768 px, and each 512 px tile costs the tile tokens, plus
+the base. The largest result is 8 tiles (768x2048), so base + 8 x tile is the
+most any image can cost; that is the worst case held, and billed for an image
+whose size we cannot know (one given by URL) or cannot read.
+
+An image given inline (a `data:` URL) has its size read from its header only
+(PNG, GIF, WEBP, JPEG: the formats OpenAI accepts), from at most
+IMAGE_HEADER_BYTES_MAX decoded bytes: no decoding of pixels, no dependency.
+
+Audio (`input_audio`, base64 wav or mp3) costs its duration times the model's
+tokens per second. A wav header gives the duration; otherwise the duration is
+bounded by the byte size at the lowest bit rate the formats allow
+(audio_bytes_per_second_min, 1000 B/s = MP3's lowest rate, 8 kbit/s).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from dataclasses import dataclass
+
+TILE_PX = 512
+FIT_PX = 2048
+SHORT_SIDE_PX = 768
+TILES_MAX = 8  # 768 x 2048 after scaling: 2 x 4 tiles
+# Enough decoded bytes to reach a JPEG's frame header past typical EXIF data.
+IMAGE_HEADER_BYTES_MAX = 64 * 1024
+WAV_HEADER_BYTES = 64 * 1024
+
+# (model name prefix, base tokens, tile tokens), first match wins; OpenAI's
+# published vision prices. Anything else: gpt-4o's.
+_IMAGE_PRICES: tuple[tuple[str, int, int], ...] = (
+    ("gpt-4o-mini", 2833, 5667),
+    ("o1", 75, 150),
+    ("o3", 75, 150),
+)
+IMAGE_BASE_TOKENS, IMAGE_TILE_TOKENS = 85, 170
+AUDIO_TOKENS_PER_SECOND = 10  # OpenAI: one audio input token per 100 ms
+AUDIO_BYTES_PER_SECOND_MIN = 1000
+
+
+@dataclass(frozen=True)
+class MediaRates:
+    image_base_tokens: int
+    image_tile_tokens: int
+    image_tokens_max: int  # what an image of unknown size is held and billed at
+    audio_tokens_per_second: int
+    audio_bytes_per_second_min: int
+
+
+DEFAULT_RATES = MediaRates(IMAGE_BASE_TOKENS, IMAGE_TILE_TOKENS, IMAGE_BASE_TOKENS + TILES_MAX * IMAGE_TILE_TOKENS,
+                           AUDIO_TOKENS_PER_SECOND, AUDIO_BYTES_PER_SECOND_MIN)
+
+
+def rates_for(model_name: str, base: int | None = None, tile: int | None = None, image_max: int | None = None,
+              audio_per_second: int = AUDIO_TOKENS_PER_SECOND,
+              audio_bytes_per_second_min: int = AUDIO_BYTES_PER_SECOND_MIN) -> MediaRates:
+    """The model's rates: configured values, else the published ones for its name."""
+    known_base, known_tile = next(((b, t) for prefix, b, t in _IMAGE_PRICES if model_name.startswith(prefix)),
+                                  (IMAGE_BASE_TOKENS, IMAGE_TILE_TOKENS))
+    base = known_base if base is None else base
+    tile = known_tile if tile is None else tile
+    worst = base + TILES_MAX * tile
+    # A configured maximum below what the tile price can reach would not be a worst case.
+    image_max = worst if image_max is None else max(image_max, worst)
+    return MediaRates(base, tile, image_max, audio_per_second, audio_bytes_per_second_min)
+
+
+def image_tokens(width: int, height: int, low_detail: bool, rates: MediaRates) -> int:
+    if low_detail:
+        return rates.image_base_tokens
+    if width <= 0 or height <= 0:
+        return rates.image_tokens_max
+    w, h = float(width), float(height)
+    if max(w, h) > FIT_PX:
+        scale = FIT_PX / max(w, h)
+        w, h = w * scale, h * scale
+    if min(w, h) > SHORT_SIDE_PX:
+        scale = SHORT_SIDE_PX / min(w, h)
+        w, h = w * scale, h * scale
+    tiles = math.ceil(w / TILE_PX) * math.ceil(h / TILE_PX)
+    return min(rates.image_base_tokens + tiles * rates.image_tile_tokens, rates.image_tokens_max)
+
+
+def image_part_tokens(image_url: object, rates: MediaRates) -> int:
+    """Tokens of one `image_url` content part's value ({"url", "detail"} or a bare URL)."""
+    url, detail = (image_url.get("url"), image_url.get("detail")) if isinstance(image_url, dict) else (image_url, None)
+    if detail == "low":
+        return rates.image_base_tokens
+    size = data_url_image_size(url) if isinstance(url, str) else None
+    return rates.image_tokens_max if size is None else image_tokens(size[0], size[1], False, rates)
+
+
+def _data_url_prefix(url: str, decoded_max: int) -> bytes | None:
+    """The first decoded bytes of a base64 `data:` URL, or None."""
+    if not url.startswith("data:"):
+        return None
+    comma = url.find(",", 0, 256)
+    if comma < 0 or not url[:comma].endswith(";base64"):
+        return None
+    chars = decoded_max // 3 * 4
+    try:
+        return base64.b64decode(url[comma + 1:comma + 1 + chars], validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def data_url_image_size(url: str) -> tuple[int, int] | None:
+    head = _data_url_prefix(url, IMAGE_HEADER_BYTES_MAX)
+    return None if head is None else image_size(head)
+
+
+def image_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's first bytes: PNG, GIF, WEBP or JPEG; else None."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        return _webp_size(head)
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", head[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker in _JPEG_FRAMES:
+            h, w = struct.unpack(">HH", head[i + 5:i + 9])
+            return w, h
+        if marker == 0xFF:
+            i += 1
+            continue
+        i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
+    return None
+
+
+def base64_decoded_bytes(data: str) -> int:
+    """Bytes a base64 string decodes to, at most (no decoding)."""
+    padding = 2 if data.endswith("==") else 1 if data.endswith("=") else 0
+    return len(data) * 3 // 4 - padding
+
+
+def audio_tokens_bound(data: object, rates: MediaRates) -> int:
+    """Audio tokens a base64 payload can cost at most: by its size at the lowest bit rate."""
+    if not isinstance(data, str):
+        return 0
+    seconds = math.ceil(base64_decoded_bytes(data) / rates.audio_bytes_per_second_min)
+    return seconds * rates.audio_tokens_per_second
+
+
+def audio_tokens(data: object, audio_format: object, rates: MediaRates) -> int:
+    """Tokens of one `input_audio` part: a wav's duration from its header, else the size bound."""
+    if isinstance(data, str) and audio_format == "wav":
+        seconds = _wav_seconds(data)
+        if seconds is not None:
+            return min(math.ceil(seconds * rates.audio_tokens_per_second), audio_tokens_bound(data, rates))
+    return audio_tokens_bound(data, rates)
+
+
+def _wav_seconds(data: str) -> float | None:
+    try:
+        head = base64.b64decode(data[:WAV_HEADER_BYTES // 3 * 4], validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    i, byte_rate = 12, 0
+    while i + 8 <= len(head):
+        chunk, size = head[i:i + 4], int.from_bytes(head[i + 4:i + 8], "little")
+        if chunk == b"fmt " and i + 20 <= len(head):
+            byte_rate = int.from_bytes(head[i + 16:i + 20], "little")
+        elif chunk == b"data":
+            if byte_rate <= 0:
+                return None
+            # The data actually sent, not the size the header claims.
+            data_bytes = min(size, base64_decoded_bytes(data) - (i + 8))
+            return max(data_bytes, 0) / byte_rate
+        i += 8 + size + (size & 1)
+    return None
