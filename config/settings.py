@@ -119,18 +119,6 @@ class ModelConfig(_Frozen):
     # accepted format (MP3 at 8 kbit/s), which bounds a clip's duration by its size.
     audio_tokens_per_second: int = Field(10, ge=0)
     audio_bytes_per_second_min: int = Field(1000, gt=0)
-    # Image input in prompt tokens (gateway/media.py): `detail: low` costs the
-    # base, else base + tile x 512px tiles. None = OpenAI's published figures
-    # for the model's name (gpt-4o-mini 2833/5667, o1/o3 75/150, else 85/170).
-    image_base_tokens: int | None = Field(None, ge=0)
-    image_tile_tokens: int | None = Field(None, ge=0)
-    # Held per image, and billed for an image of unknown size (by URL); None =
-    # base + 8 tiles, the most the tile rule can reach (never set below it).
-    image_tokens_max: int | None = Field(None, ge=0)
-    # Audio input: tokens per second of audio, and the lowest byte rate of an
-    # accepted format (MP3 at 8 kbit/s), which bounds a clip's duration by its size.
-    audio_tokens_per_second: int = Field(10, ge=0)
-    audio_bytes_per_second_min: int = Field(1000, gt=0)
 
     def price(self) -> ModelPrice:
         try:
@@ -175,10 +163,6 @@ class Limits(_Frozen):
     db_pool_max: int = Field(10, gt=0)
     redis_timeout_s: float = Field(5.0, gt=0)
     redis_pipeline_max: int = Field(256, gt=0)
-    # A hold the body's byte bound cannot get is retried with a tighter count;
-    # that count tokenizes at most this many bytes of text (the rest is bounded
-    # by its byte length), so a refused request costs bounded CPU (~1 ms per 32 KiB).
-    tokenize_bytes_max: int = Field(32 * 1024, ge=0)
     # A hold the body's byte bound cannot get is retried with a tighter count;
     # that count tokenizes at most this many bytes of text (the rest is bounded
     # by its byte length), so a refused request costs bounded CPU (~1 ms per 32 KiB).
