@@ -163,6 +163,14 @@ class Limits(_Frozen):
     db_pool_max: int = Field(10, gt=0)
     redis_timeout_s: float = Field(5.0, gt=0)
     redis_pipeline_max: int = Field(256, gt=0)
+    # Redis data loss (FLUSHDB, a restart without persistence): each gateway
+    # checks the hold store's generation this often and, when it changed,
+    # re-registers its open holds (ledger/redis_holds.py). No new hold is
+    # granted under a generation younger than the grace, so every live
+    # gateway has re-registered first; it must exceed the heartbeat interval
+    # plus redis_timeout_s. A brand-new Redis (first deploy) pays it once.
+    redis_heartbeat_interval_s: float = Field(0.25, gt=0)
+    redis_recovery_grace_s: float = Field(6.0, gt=0)
     # A hold the body's byte bound cannot get is retried with a tighter count;
     # that count tokenizes at most this many bytes of text (the rest is bounded
     # by its byte length), so a refused request costs bounded CPU (~1 ms per 32 KiB).
@@ -175,6 +183,11 @@ class Limits(_Frozen):
         # or the wallet could be spent twice.
         if self.hold_ttl_s <= self.upstream_total_timeout_s:
             raise ValueError("limits.hold_ttl_s must exceed limits.upstream_total_timeout_s")
+        # A gateway that has not re-registered its holds yet must not be
+        # overtaken by new grants elsewhere after Redis lost its data.
+        if self.redis_recovery_grace_s <= self.redis_heartbeat_interval_s + self.redis_timeout_s:
+            raise ValueError("limits.redis_recovery_grace_s must exceed "
+                             "limits.redis_heartbeat_interval_s + limits.redis_timeout_s")
         return self
 
 

@@ -15,6 +15,7 @@ from gateway.auth import KeyCache, authenticate, bearer_matches
 from gateway.backends import Stores, open_stores
 from gateway.billing import Billing
 from gateway.errors import ApiError
+from gateway.hold_recovery import heartbeat_forever
 from gateway.metrics import Metrics
 from gateway.settlement import replay_at_start, settler_for
 from gateway.state import STATE, GatewayState, build_routes
@@ -74,11 +75,14 @@ def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Applica
         settler.start()
         sweeper = asyncio.create_task(sweep_forever(
             stores.book, stores.holds, limits.expiry_sweep_interval_s, limits.expiry_sweep_batch_max, metrics))
+        # Redis may lose its data while this process has holds in flight: notice it even when idle.
+        heartbeat = asyncio.create_task(heartbeat_forever(stores.holds, limits.redis_heartbeat_interval_s))
         try:
             yield
         finally:
             sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            heartbeat.cancel()
+            await asyncio.gather(sweeper, heartbeat, return_exceptions=True)
             await settler.close()
             await session.close()
             if given is None:

@@ -148,7 +148,8 @@ async def open_holds(settings: Settings, *, check: RedisCheck = "if_reachable") 
                 await client.aclose()
                 raise
         return RedisHolds(client, prefix=settings.redis_prefix, close_client=True,
-                          pipeline_max=limits.redis_pipeline_max, timeout_s=limits.redis_timeout_s)
+                          pipeline_max=limits.redis_pipeline_max, timeout_s=limits.redis_timeout_s,
+                          grace_s=limits.redis_recovery_grace_s)
     return InProcessHolds()
 
 

@@ -7,6 +7,7 @@ of one wallet's keys in the same cluster slot:
     P:{w:W}:holds    hash   hold_id -> amount_nusd
     P:{w:W}:exp      zset   hold_id scored by expiry (server ms)
     P:expiry         zset   "W\\x1fhold_id" scored by expiry (server ms)
+    P:generation     hash   id, born_ms   (see "Losing Redis's data" below)
 
 ``P:expiry`` is the global expiry index that expire_due() sweeps. It spans
 wallets, so it cannot share a slot with them, and the sweep script touches
@@ -28,11 +29,71 @@ strings, stored verbatim, and changed only with HINCRBY on those strings; Lua
 arithmetic is used only for comparisons, exact because holds.py keeps every
 value within +-2**53 (see NUSD_LIMIT). Numbers are never formatted by Lua
 (tostring would use "%.14g" and lose digits).
+
+Losing Redis's data
+-------------------
+A FLUSHDB, or a restart of a Redis that keeps nothing on disk, forgets every
+hold in flight. The next reserve finds no mirror, Billing re-reads the balance
+from the book and syncs it: a mirror with no holds, while the requests those
+holds paid for are still running. Without more, the wallet is spent twice
+(a $0.01 wallet served $0.013 under load). Redis cannot tell us what it lost,
+but each gateway process knows its own open holds, so:
+
+- Generation. ``P:generation`` names the current life of the data (a random
+  id and the Redis time it was born). Whoever finds it missing creates it
+  (atomically, in a script), and every process joins the one it finds. A data
+  loss removes it with everything else, so a changed or missing generation
+  *is* the signal; nothing else has to be compared.
+- Registry. Each RedisHolds remembers the holds it granted and has not settled,
+  released or seen expire (wallet, hold id, amount, local expiry, and the
+  generation they are registered under): a dict write per reserve and a pop
+  per settle, bounded by the requests in flight. Expired entries are pruned.
+- Detection. The reserve script is given the generation its caller believes
+  in and checks it (one HMGET in the same script: still one round trip) and
+  answers "generation changed" instead of deciding. Idle processes, which
+  reserve nothing, learn it from a heartbeat (check_generation(), run by the
+  gateway every limits.redis_heartbeat_interval_s).
+- Recovery (_recover, one at a time per process; this process's new reserves
+  wait for it): join or create the new generation, then re-register every
+  open hold not yet registered under it, with its remaining time to live, in
+  pipelined batches. Re-registering adds the hold and raises ``held`` without a
+  balance check, and needs no balance: a wallet hash holding only ``held`` is
+  "not mirrored" to reserve (it checks the balance field), so the next
+  reserve re-reads the book and syncs it in, keeping the held total. The
+  register script checks the generation too: if the data is lost again
+  mid-way, recovery starts over.
+- Grace. A reserve under a generation younger than the grace
+  (limits.redis_recovery_grace_s, which must exceed the heartbeat interval
+  plus the Redis deadline) gets "wait" instead of a decision: the store sleeps
+  until the generation is old enough and retries (bounded; then
+  HoldStoreUnavailable, i.e. a 503 that charged nothing). By then every live
+  process has noticed and re-registered, so no new hold is granted against a
+  balance whose holds are not all counted. A brand-new Redis (first deploy, a
+  new prefix) cannot be told from a flushed one and pays the grace once; the
+  constructor's default grace is 0 (one process, e.g. tests and tools).
+- Ordering. A hold leaves the registry before its settle/release is sent, and
+  each re-register batch is built from the registry at the moment it is
+  queued; the batcher keeps one process's calls in order, so a settled hold is
+  never re-registered after its settle (which would leave it held until it
+  expires). A hold whose debit is committed but whose settle has not been sent
+  yet is re-registered: counted twice for a moment, which only refuses, never
+  overspends. A settle or release of a hold the loss already removed changes
+  no ``held`` (release finds nothing) and the versioned balance rule stays.
+
+What this does not cover: a process that dies together with Redis's data (its
+holds are gone with it; its in-flight requests were cut too), a process stalled
+longer than the grace, and a Redis that restores an older snapshot or fails
+over to a lagging replica (the generation survives, so nothing is noticed).
+After such an event, delete ``P:generation``: every process re-registers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
@@ -102,16 +163,24 @@ local function apply_mirror(wkey, balance, version)
 end
 """
 
-# KEYS: wallet, holds, exp, global index. ARGV: wallet_id, hold_id, amount, ttl_ms.
-# Returns {0} if the wallet is unknown, else {1 reserved | 2 insufficient, balance, held}.
+# KEYS: wallet, holds, exp, global index, generation.
+# ARGV: wallet_id, hold_id, amount, ttl_ms, generation id, grace_ms.
+# Returns {3} if the generation is not ARGV[5] (data lost: recover first),
+# {4, ms} if it is younger than the grace (wait ms, retry), {0} if the wallet is
+# not mirrored (no balance; re-registered holds alone do not count), else
+# {1 reserved | 2 insufficient, balance, held}.
 _RESERVE = (
     _LUA_PRELUDE
     + r"""
 local wkey, hkey, ekey, gkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local wid, hid, amount = ARGV[1], ARGV[2], ARGV[3]
 local ttl = tonumber(ARGV[4])
-if redis.call('EXISTS', wkey) == 0 then return {0} end
+local gen = redis.call('HMGET', KEYS[5], 'id', 'born_ms')
+if gen[1] ~= ARGV[5] then return {3} end
 local now = now_ms()
+local ready = tonumber(gen[2]) + tonumber(ARGV[6])
+if now < ready then return {4, ready - now} end
+if redis.call('HEXISTS', wkey, 'balance') == 0 then return {0} end
 local exp = redis.call('ZSCORE', ekey, hid)
 if exp and tonumber(exp) <= now then
   release(wkey, hkey, ekey, gkey, wid, hid)  -- an expired hold id is reserved afresh
@@ -194,6 +263,64 @@ end
 return out
 """
 )
+
+
+# KEYS: generation. ARGV: a fresh id, used only if the generation is missing.
+# Returns {id, born_ms}: the generation every process now joins.
+_JOIN = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'born_ms', now)
+end
+return redis.call('HMGET', KEYS[1], 'id', 'born_ms')
+"""
+
+# KEYS: generation. Returns its id, or nil (lost).
+_GENERATION = r"""
+return redis.call('HGET', KEYS[1], 'id')
+"""
+
+# KEYS: wallet, holds, exp, global, generation. ARGV: generation id, wallet_id,
+# hold_id, amount, ttl_ms. Re-registers an open hold after a data loss: no
+# balance check (it was granted already), no mirror needed (reserve re-reads
+# the book while the wallet hash has no balance). Returns -1 if the generation
+# changed again, 0 if the hold is already there, 1 if registered.
+_REGISTER = (
+    _LUA_PRELUDE
+    + r"""
+local wkey, hkey, ekey, gkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('HGET', KEYS[5], 'id') ~= ARGV[1] then return -1 end
+local wid, hid, amount = ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HEXISTS', hkey, hid) == 1 then return 0 end
+local expiry = now_ms() + tonumber(ARGV[5])
+redis.call('HSET', hkey, hid, amount)
+redis.call('ZADD', ekey, expiry, hid)
+redis.call('ZADD', gkey, expiry, wid .. '\31' .. hid)
+redis.call('HINCRBY', wkey, 'held', amount)
+return 1
+"""
+)
+
+# Re-registered holds per pipelined batch during a recovery.
+RECOVERY_BATCH_MAX = 256
+# A recovery that keeps finding the generation changed under it gives up
+# (HoldStoreUnavailable) after this many rounds; the next call tries again.
+RECOVERY_ROUNDS_MAX = 8
+# The registry is pruned of expired holds when it grows past twice its last
+# pruned size, and never below this.
+REGISTRY_PRUNE_MIN = 1024
+
+log = logging.getLogger("meterway.holds")
+
+
+@dataclass
+class _OpenHold:
+    """A hold this process granted and has not closed: what it re-registers after a loss."""
+
+    amount_nusd: int
+    expires_at: float  # time.monotonic(); taken after the reply, so never earlier than Redis's
+    generation: str  # the generation it is registered under
 
 
 # Script calls sent in one pipeline at most; more wait for the next one.
@@ -301,14 +428,29 @@ class RedisHolds:
     contain '{' or '}' (they would hijack the hash tag). The client may use
     decode_responses either way. close() closes the client only if
     ``close_client`` is true: by default the caller owns it.
+
+    ``grace_s``: after Redis lost its data, no new hold is granted until the
+    new generation is this old (see "Losing Redis's data" at the top). 0 suits
+    one process alone; gateways pass limits.redis_recovery_grace_s.
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str = "mw", *, close_client: bool = False,
-                 pipeline_max: int = PIPELINE_MAX, timeout_s: float = TIMEOUT_S) -> None:
+                 pipeline_max: int = PIPELINE_MAX, timeout_s: float = TIMEOUT_S, grace_s: float = 0.0) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty and free of braces: {prefix!r}")
         if pipeline_max < 1:
             raise ValueError("pipeline_max must be at least 1")
+        if not grace_s >= 0:
+            raise ValueError(f"grace_s must be >= 0: {grace_s!r}")
+        self._grace_s = grace_s
+        self._grace_ms = str(_ttl_ms(grace_s))
+        self._generation_key = f"{prefix}:generation"
+        # The generation this process's holds are registered under (None: not joined yet).
+        self._generation: str | None = None
+        self._open: dict[tuple[str, str], _OpenHold] = {}
+        self._prune_at = REGISTRY_PRUNE_MIN
+        self._recovery_lock = asyncio.Lock()
+        self._recoveries = 0  # completed recoveries: lets waiters skip one that just ran
         self._client = client
         self._timeout_s = timeout_s
         self._batcher = _ScriptBatcher(client, pipeline_max, timeout_s)
@@ -320,6 +462,9 @@ class RedisHolds:
         self._release = client.register_script(_RELEASE)
         self._sync = client.register_script(_SYNC)
         self._expire_due = client.register_script(_EXPIRE_DUE)
+        self._join = client.register_script(_JOIN)
+        self._current_generation = client.register_script(_GENERATION)
+        self._register = client.register_script(_REGISTER)
 
     @property
     def prefix(self) -> str:
@@ -338,9 +483,29 @@ class RedisHolds:
     def expiry_index_key(self) -> str:
         return self._global_key
 
+    @property
+    def generation_key(self) -> str:
+        return self._generation_key
+
+    @property
+    def generation(self) -> str | None:
+        """The generation this process's open holds are registered under (None: not joined yet)."""
+        return self._generation
+
+    @property
+    def open_hold_count(self) -> int:
+        """Holds this process granted and has not closed (re-registered after a data loss)."""
+        return len(self._open)
+
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await self._batcher.call(script, keys, args)
+        except _UNAVAILABLE as exc:
+            raise HoldStoreUnavailable(f"Redis hold store unavailable: {exc}") from exc
+
+    async def _run_many(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        try:
+            return await self._batcher.call_many(calls)
         except _UNAVAILABLE as exc:
             raise HoldStoreUnavailable(f"Redis hold store unavailable: {exc}") from exc
 
@@ -349,13 +514,108 @@ class RedisHolds:
         check_hold_id(hold_id)
         check_amount(amount_nusd)
         check_ttl(ttl_s)
-        keys = [*self.wallet_keys(wallet_id), self._global_key]
-        reply = await self._run(self._reserve, keys, [wallet_id, hold_id, str(amount_nusd), str(_ttl_ms(ttl_s))])
-        code = int(reply[0])
-        if code == 0:
-            return ReserveResult(ReserveStatus.WALLET_UNKNOWN, 0)
-        available = int(reply[1]) - int(reply[2])
-        return ReserveResult(ReserveStatus.RESERVED if code == 1 else ReserveStatus.INSUFFICIENT, available)
+        keys = [*self.wallet_keys(wallet_id), self._global_key, self._generation_key]
+        ttl_ms = str(_ttl_ms(ttl_s))
+        # Only a data loss makes this loop turn: bounded by the grace plus a few round trips.
+        deadline = time.monotonic() + self._grace_s + 2 * self._timeout_s
+        while True:
+            generation = self._generation
+            if generation is None or self._recovery_lock.locked():
+                await self._recover()  # holds of this process first, then new ones
+                continue
+            reply = await self._run(self._reserve, keys, [wallet_id, hold_id, str(amount_nusd), ttl_ms, generation, self._grace_ms])
+            code = int(reply[0])
+            if code == 1:
+                self._remember(wallet_id, hold_id, amount_nusd, ttl_s, generation)
+            if code in (1, 2):
+                available = int(reply[1]) - int(reply[2])
+                return ReserveResult(ReserveStatus.RESERVED if code == 1 else ReserveStatus.INSUFFICIENT, available)
+            if code == 0:
+                return ReserveResult(ReserveStatus.WALLET_UNKNOWN, 0)
+            if time.monotonic() >= deadline:
+                raise HoldStoreUnavailable("Redis lost its data and the hold store is still recovering")
+            if code == 3:
+                if self._generation == generation:  # nobody here has recovered since we asked
+                    await self._recover()
+            else:  # 4: the generation is younger than the grace: other processes may still be re-registering
+                await asyncio.sleep(min(int(reply[1]) / 1000, max(deadline - time.monotonic(), 0)))
+
+    # --- surviving a loss of Redis's data (see the module docstring) ------------
+
+    def _remember(self, wallet_id: str, hold_id: str, amount_nusd: int, ttl_s: float, generation: str) -> None:
+        key = (wallet_id, hold_id)
+        if key not in self._open:  # an idempotent repeat keeps the first hold's amount, as Redis does
+            self._open[key] = _OpenHold(amount_nusd, time.monotonic() + ttl_s, generation)
+        if len(self._open) > self._prune_at:
+            now = time.monotonic()
+            self._open = {k: h for k, h in self._open.items() if h.expires_at > now}
+            self._prune_at = max(REGISTRY_PRUNE_MIN, 2 * len(self._open))
+
+    def _forget(self, wallet_id: str, hold_id: str) -> None:
+        """Before a settle/release is sent: a later re-register batch must not bring the hold back."""
+        self._open.pop((wallet_id, hold_id), None)
+
+    async def check_generation(self) -> bool:
+        """The heartbeat: if Redis lost its data since this process joined, recover now.
+
+        Returns whether a recovery ran. A process that never reserved has
+        nothing to re-register and does nothing.
+        """
+        if self._generation is None:
+            return False
+        current = await self._run(self._current_generation, [self._generation_key], [])
+        if current is not None and _text(current) == self._generation:
+            return False
+        await self._recover()
+        return True
+
+    async def _recover(self) -> None:
+        """Join (or create) the current generation and re-register every open hold under it."""
+        seen = self._recoveries
+        async with self._recovery_lock:
+            if self._recoveries != seen and self._generation is not None:
+                return  # a recovery finished while we waited for it
+            for _ in range(RECOVERY_ROUNDS_MAX):
+                gen_id, _born_ms = await self._run(self._join, [self._generation_key], [uuid.uuid4().hex])
+                generation = _text(gen_id)
+                if await self._register_open_holds(generation):
+                    if self._generation is not None and generation != self._generation:
+                        log.warning("Redis lost the hold store's data (generation %s -> %s); re-registered this "
+                                    "process's %d open holds", self._generation, generation, len(self._open))
+                    self._generation = generation
+                    self._recoveries += 1
+                    return
+            raise HoldStoreUnavailable("Redis keeps losing its data; the hold store could not recover")
+
+    async def _register_open_holds(self, generation: str) -> bool:
+        """False if the generation changed again mid-way (the caller starts over)."""
+        while True:
+            stale = [key for key, hold in self._open.items() if hold.generation != generation]
+            if not stale:
+                return True
+            for start in range(0, len(stale), RECOVERY_BATCH_MAX):
+                # Built and queued with no await in between: see "Ordering" at the top.
+                batch, calls = [], []
+                now = time.monotonic()
+                for key in stale[start:start + RECOVERY_BATCH_MAX]:
+                    hold = self._open.get(key)
+                    if hold is None or hold.generation == generation:
+                        continue  # closed (or registered) meanwhile
+                    if hold.expires_at <= now:
+                        del self._open[key]  # expired: nothing to hold any more
+                        continue
+                    wallet_id, hold_id = key
+                    keys = [*self.wallet_keys(wallet_id), self._global_key, self._generation_key]
+                    ttl_ms = max(_ttl_ms(hold.expires_at - now), 1)
+                    calls.append((self._register, keys, [generation, wallet_id, hold_id, str(hold.amount_nusd), str(ttl_ms)]))
+                    batch.append(hold)
+                if not calls:
+                    continue
+                replies = await self._run_many(calls)
+                if any(int(reply) == -1 for reply in replies):
+                    return False
+                for hold in batch:
+                    hold.generation = generation
 
     async def settle(self, wallet_id: str, hold_id: str, balance_nusd: int, version: int) -> bool:
         check_wallet_id(wallet_id)
@@ -363,6 +623,7 @@ class RedisHolds:
         check_balance(balance_nusd)
         check_version(version)
         keys = [*self.wallet_keys(wallet_id), self._global_key]
+        self._forget(wallet_id, hold_id)
         reply = await self._run(self._settle, keys, [wallet_id, hold_id, str(balance_nusd), str(version)])
         return int(reply) == 1
 
@@ -375,6 +636,8 @@ class RedisHolds:
             check_version(item.version)
             keys = [*self.wallet_keys(item.wallet_id), self._global_key]
             calls.append((self._settle, keys, [item.wallet_id, item.hold_id, str(item.balance_nusd), str(item.version)]))
+        for item in items:
+            self._forget(item.wallet_id, item.hold_id)
         try:
             replies = await self._batcher.call_many(calls)
         except _UNAVAILABLE as exc:
@@ -385,6 +648,7 @@ class RedisHolds:
         check_wallet_id(wallet_id)
         check_hold_id(hold_id)
         keys = [*self.wallet_keys(wallet_id), self._global_key]
+        self._forget(wallet_id, hold_id)
         return int(await self._run(self._release, keys, [wallet_id, hold_id])) == 1
 
     async def sync(self, wallet_id: str, balance_nusd: int, version: int) -> None:
@@ -398,9 +662,12 @@ class RedisHolds:
         if limit == 0:
             return []  # nothing to do; skip the round trip
         reply = await self._run(self._expire_due, [self._global_key], [self._prefix, str(limit)])
-        return [
+        expired = [
             ExpiredHold(_text(reply[i]), _text(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)
         ]
+        for hold in expired:
+            self._forget(hold.wallet_id, hold.hold_id)
+        return expired
 
     async def wallet(self, wallet_id: str) -> WalletHolds | None:
         check_wallet_id(wallet_id)
