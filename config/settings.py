@@ -119,6 +119,10 @@ class ModelConfig(_Frozen):
     # accepted format (MP3 at 8 kbit/s), which bounds a clip's duration by its size.
     audio_tokens_per_second: int = Field(10, ge=0)
     audio_bytes_per_second_min: int = Field(1000, gt=0)
+    # A `file` part (PDF, inline or by file_id) has no size we can know: held,
+    # and billed when usage must be counted, at this many tokens each (default:
+    # the largest context window, ~1M, which no request's input can exceed).
+    file_tokens_max: int = Field(1_000_000, ge=0)
 
     def price(self) -> ModelPrice:
         try:

@@ -5,8 +5,8 @@ one byte of UTF-8 text, and the JSON body holds every byte of the prompt's text
 (tool definitions, tool calls and schemas included) plus its framing, so
 len(body) >= text tokens. Input that is not text in the body is added at its
 most: each image at its model's image_tokens_max (its base tokens at detail
-"low"), each audio clip at its duration bound from its byte size (see
-gateway/media.py). Output is bounded by max_completion_tokens / max_tokens
+"low"), each audio clip at its duration bound from its byte size, each file
+(PDF) at the model's file_tokens_max (see gateway/media.py). Output is bounded by max_completion_tokens / max_tokens
 (capped at the model's own limit) times max(n, best_of), plus the text of a
 `prediction` (rejected predicted tokens are billed as output).
 
@@ -87,7 +87,7 @@ def _prediction_bytes(prediction: Any) -> int:
 @functools.lru_cache(maxsize=1024)
 def rates_of(model_name: str, model: ModelConfig) -> media.MediaRates:
     return media.rates_for(model_name, model.image_base_tokens, model.image_tile_tokens, model.image_tokens_max,
-                           model.audio_tokens_per_second, model.audio_bytes_per_second_min)
+                           model.audio_tokens_per_second, model.audio_bytes_per_second_min, model.file_tokens_max)
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,8 @@ def media_bound(endpoint: str, payload: dict[str, Any], rates: media.MediaRates)
             elif kind == "input_audio":
                 audio = part.get("input_audio")
                 most += media.audio_tokens_bound(audio.get("data") if isinstance(audio, dict) else None, rates)
+            elif kind == "file":
+                most += rates.file_tokens_max
     return MediaBound(most, least)
 
 

@@ -15,6 +15,9 @@ Audio (`input_audio`, base64 wav or mp3) costs its duration times the model's
 tokens per second. A wav header gives the duration; otherwise the duration is
 bounded by the byte size at the lowest bit rate the formats allow
 (audio_bytes_per_second_min, 1000 B/s = MP3's lowest rate, 8 kbit/s).
+
+Files (`file` parts: PDFs inline or by file_id) cost the model's
+file_tokens_max each, held and billed alike: their size cannot be known here.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ _IMAGE_PRICES: tuple[tuple[str, int, int], ...] = (
 IMAGE_BASE_TOKENS, IMAGE_TILE_TOKENS = 85, 170
 AUDIO_TOKENS_PER_SECOND = 10  # OpenAI: one audio input token per 100 ms
 AUDIO_BYTES_PER_SECOND_MIN = 1000
+# A file part (a PDF: its text and an image of each page) has no size we can
+# read without parsing it, or none at all when given by file_id. No request
+# can bill more input than the largest context window (gpt-4.1: ~1M tokens).
+FILE_TOKENS_MAX = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class MediaRates:
     image_tokens_max: int  # what an image of unknown size is held and billed at
     audio_tokens_per_second: int
     audio_bytes_per_second_min: int
+    file_tokens_max: int = FILE_TOKENS_MAX  # held, and billed when counting, per file part
 
 
 DEFAULT_RATES = MediaRates(IMAGE_BASE_TOKENS, IMAGE_TILE_TOKENS, IMAGE_BASE_TOKENS + TILES_MAX * IMAGE_TILE_TOKENS,
@@ -60,7 +68,8 @@ DEFAULT_RATES = MediaRates(IMAGE_BASE_TOKENS, IMAGE_TILE_TOKENS, IMAGE_BASE_TOKE
 
 def rates_for(model_name: str, base: int | None = None, tile: int | None = None, image_max: int | None = None,
               audio_per_second: int = AUDIO_TOKENS_PER_SECOND,
-              audio_bytes_per_second_min: int = AUDIO_BYTES_PER_SECOND_MIN) -> MediaRates:
+              audio_bytes_per_second_min: int = AUDIO_BYTES_PER_SECOND_MIN,
+              file_tokens_max: int = FILE_TOKENS_MAX) -> MediaRates:
     """The model's rates: configured values, else the published ones for its name."""
     known_base, known_tile = next(((b, t) for prefix, b, t in _IMAGE_PRICES if model_name.startswith(prefix)),
                                   (IMAGE_BASE_TOKENS, IMAGE_TILE_TOKENS))
@@ -69,7 +78,7 @@ def rates_for(model_name: str, base: int | None = None, tile: int | None = None,
     worst = base + TILES_MAX * tile
     # A configured maximum below what the tile price can reach would not be a worst case.
     image_max = worst if image_max is None else max(image_max, worst)
-    return MediaRates(base, tile, image_max, audio_per_second, audio_bytes_per_second_min)
+    return MediaRates(base, tile, image_max, audio_per_second, audio_bytes_per_second_min, file_tokens_max)
 
 
 def image_tokens(width: int, height: int, low_detail: bool, rates: MediaRates) -> int:

@@ -169,9 +169,9 @@ class PromptCounter:
 
 
 def media_part(part: dict[str, Any]) -> str | None:
-    """"image_url", "input_audio" or None: how a content part is counted."""
+    """"image_url", "input_audio", "file" or None: how a content part is counted."""
     kind = part.get("type")
-    for name in ("image_url", "input_audio"):
+    for name in ("image_url", "input_audio", "file"):
         if kind == name or (kind is None and name in part):
             return name
     return None
@@ -195,6 +195,8 @@ def count_content(content: Any, counter: PromptCounter) -> None:
             audio = part.get("input_audio")
             audio = audio if isinstance(audio, dict) else {}
             counter.media += media.audio_tokens(audio.get("data"), audio.get("format"), counter.rates)
+        elif media_kind == "file":
+            counter.media += counter.rates.file_tokens_max
         else:
             for key in ("text", "refusal"):
                 if isinstance(part.get(key), str):

@@ -227,6 +227,12 @@ def test_audio_costs_its_duration_or_its_size_bound() -> None:
     assert media.audio_tokens(mp3, "mp3", rates) == 5 * 10
 
 
+def test_a_file_part_costs_the_models_file_bound() -> None:
+    body = {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0="}}]}]}
+    rates = media.rates_for(MINI, file_tokens_max=123_456)
+    assert count_prompt("chat", body, tokens.encoding_for(MINI), rates) == 3 + 3 + n("user") + 123_456
+
+
 def test_prompt_and_input_forms_are_still_counted() -> None:
     choice = tokens.encoding_for("gpt-3.5-turbo-instruct")
     assert count_prompt("completion", {"prompt": "hello world"}, choice) == n("hello world")

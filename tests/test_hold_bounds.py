@@ -94,6 +94,10 @@ def test_media_bound_holds_each_image_and_clip_at_its_most() -> None:
     tight = tight_prompt_tokens("chat", payload, tokens.encoding_for(MINI), rates, len(json.dumps(payload)), None)
     assert tight <= len(json.dumps(payload)) + bound.most
     assert media_bound("chat", {"messages": [{"role": "user", "content": "hi"}]}, rates).most == 0
+    # A file (PDF) has no size we can know: the model's file_tokens_max each.
+    pdf = {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}]}
+    assert media_bound("chat", pdf, rates).most == rates.file_tokens_max == 1_000_000
+    assert rates_of(MINI, ModelConfig(file_tokens_max=200_000)).file_tokens_max == 200_000
 
 
 def test_configured_image_and_audio_bounds_are_used() -> None:
