@@ -157,6 +157,22 @@ class Limits(_Frozen):
     settle_queue_max: int = Field(20_000, gt=0)
     settle_retry_max: int = Field(5, ge=0)
     settle_retry_delay_s: float = Field(0.2, ge=0)
+    # Back-off between retries of settlements the ledger refused for now
+    # (doubling from settle_retry_delay_s) never grows past this.
+    settle_retry_delay_max_s: float = Field(5.0, gt=0)
+    # Settlements waiting for the ledger to come back, at most; while full,
+    # new requests are refused with 503 before any upstream work is done.
+    settle_retry_queue_max: int = Field(20_000, gt=0)
+    # A request waits at most this long for its settlement; after it, the
+    # answer goes out without a cost header and the settlement goes on.
+    settle_wait_max_s: float = Field(10.0, gt=0)
+    # /readyz reports the settler stuck once a queued settlement is this old.
+    settle_stuck_after_s: float = Field(30.0, gt=0)
+    # At shutdown, pending settlements get this long to commit; the rest are
+    # appended to the settle journal and committed at the next start.
+    settle_shutdown_timeout_s: float = Field(10.0, ge=0)
+    # Each /readyz check (ledger, hold store) answers within this or fails.
+    ready_check_timeout_s: float = Field(1.0, gt=0)
     key_cache_ttl_s: float = Field(5.0, ge=0)
     # A refused wallet is re-read from the book at most this often, so a
     # top-up made by another process is seen without flooding the database.
@@ -175,6 +191,10 @@ class Limits(_Frozen):
     # plus redis_timeout_s. A brand-new Redis (first deploy) pays it once.
     redis_heartbeat_interval_s: float = Field(0.25, gt=0)
     redis_recovery_grace_s: float = Field(6.0, gt=0)
+    # Sanity bound on each token count of one request (prompt, cached,
+    # completion). Usage reported above it is recorded capped and flagged
+    # (usage_source "upstream_capped"), never refused after the work is done.
+    usage_tokens_max: int = Field(100_000_000, gt=0)
     # A hold the body's byte bound cannot get is retried with a tighter count;
     # that count tokenizes at most this many bytes of text (the rest is bounded
     # by its byte length), so a refused request costs bounded CPU (~1 ms per 32 KiB).
@@ -204,6 +224,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "MW_DATABASE_URL"))
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "MW_REDIS_URL"))
     sqlite_path: str = "meterway.sqlite3"
+    # Settlements not committed at shutdown go here (one file per process);
+    # None = "meterway-journal.jsonl" next to sqlite_path. See journal_path.
+    settle_journal_path: str | None = None
     redis_prefix: str = "mw"
     # Refuse to start when Redis's maxmemory-policy cannot be read (CONFIG
     # disabled, as on some managed Redis). false = you checked it is noeviction.
@@ -250,6 +273,12 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+    @property
+    def journal_path(self) -> str:
+        if self.settle_journal_path:
+            return self.settle_journal_path
+        return str(Path(self.sqlite_path).with_name("meterway-journal.jsonl"))
 
     def provider_of(self, model: str) -> tuple[str, Provider] | None:
         for name, provider in self.providers.items():

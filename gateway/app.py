@@ -31,7 +31,6 @@ RESPONSE_STARTED: Any = (web.RequestKey("mw_response_started", bool) if hasattr(
                          else "mw_response_started")
 
 
-
 def create_app(settings: Settings, stores: Stores | None = None) -> web.Application:
     """stores=None: open them from settings (and close them) with the app."""
     app = web.Application(client_max_size=settings.limits.body_bytes_max, middlewares=[_errors_middleware])
