@@ -26,9 +26,9 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import orjson
 

@@ -10,7 +10,7 @@ limits.settle_stuck_after_s, or its backlog full). The body names each problem.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable
+from collections.abc import Awaitable
 
 from aiohttp import web
 

@@ -30,8 +30,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import orjson
 
@@ -292,7 +292,9 @@ class Settler:
     async def _write(self, records: list[UsageRecord], attempts: int) -> list[SettleResult]:
         for attempt in range(attempts):
             try:
-                return await self._book.settle_batch(records)
+                results = await self._book.settle_batch(records)
+                assert len(results) == len(records), (len(results), len(records))  # else: given up, loudly
+                return results
             except LedgerUnavailable as exc:
                 log.warning("settle batch of %d failed (attempt %d of %d): %s", len(records), attempt + 1, attempts, exc)
                 if attempt + 1 == attempts:
@@ -342,7 +344,7 @@ class Settler:
         except Exception:
             log.exception("hold release failed after settlement; the holds will expire")
         finally:
-            for pending, result in zip(batch, results):
+            for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
             self.batches_committed += 1
@@ -436,7 +438,7 @@ class Settler:
     async def _replay_chunk(self, chunk: list[JournalEntry], report: ReplayReport) -> None:
         records = [entry.record for entry in chunk if entry.record is not None]
         results = await self._book.settle_batch(records)
-        for record, result in zip(records, results):
+        for record, result in zip(records, results, strict=True):
             if result.outcome is SettleOutcome.SETTLED:
                 report.settled += 1
             elif result.outcome is SettleOutcome.REPLAY:
@@ -457,9 +459,9 @@ async def release_holds(holds: HoldStore, records: Sequence[UsageRecord], result
     """Settle the holds of committed records (the mirror learns the new balance) or release them."""
     settled = [
         HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version)
-        for record, result in zip(records, results) if result.outcome is not SettleOutcome.UNKNOWN_WALLET
+        for record, result in zip(records, results, strict=True) if result.outcome is not SettleOutcome.UNKNOWN_WALLET
     ]
-    unknown = [record for record, result in zip(records, results) if result.outcome is SettleOutcome.UNKNOWN_WALLET]
+    unknown = [record for record, result in zip(records, results, strict=True) if result.outcome is SettleOutcome.UNKNOWN_WALLET]
     await holds.settle_many(settled)
     for record in unknown:
         await holds.release(record.wallet_id, record.request_id)

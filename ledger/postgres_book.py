@@ -7,7 +7,6 @@ item inside one transaction. asyncpg errors are translated here and nowhere else
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
@@ -63,7 +62,7 @@ TRANSIENT_SQLSTATE_CLASSES = {
 
 def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFailure:
     """asyncpg's error -> LedgerUnavailable (retry) or LedgerFailure (don't)."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+    if isinstance(exc, (OSError, TimeoutError)):
         # Refused, reset, unreachable, or no answer within the command timeout.
         return LedgerUnavailable(f"{context} unavailable: {exc!r}")
     if isinstance(exc, asyncpg.InterfaceError):
@@ -98,7 +97,7 @@ class PostgresBook:
                 return await fn(conn)
         except LedgerError:
             raise  # already translated inside fn (AccountExists, UnknownAccount, ...)
-        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
             raise classify(exc, "Postgres") from exc
 
     async def ping(self) -> None:

@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -153,7 +154,7 @@ async def test_a_too_many_connections_episode_neither_wedges_nor_loses_nor_doubl
         async with outage(limited["role"]):
             async with asyncio.timeout(20):  # today: the settle loop dies and these hang forever
                 during = await asyncio.gather(*(call(gw, key) for _ in range(5)))
-            for status, headers, elapsed in during:
+            for status, _, elapsed in during:
                 assert status == 200
                 assert elapsed < FAST["settle_wait_max_s"] + 2, elapsed
             assert all("X-Usage-Cost" not in headers for _, headers, _ in during), "no commit could happen"
@@ -218,8 +219,8 @@ async def test_shutdown_during_an_outage_journals_and_the_next_start_and_the_com
             f'database_url = "{limited["admin_dsn"]}"\nredis_url = "{REDIS_TEST_URL}"\n'
             f'redis_prefix = "{limited["store"]["redis_prefix"]}"\nsettle_journal_path = "{limited["journal"]}"\n')
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("MW_")}
-        replayed = subprocess.run([sys.executable, "-m", "gateway.cli", "journal", "replay", "--config", str(config)],
-                                  env=env, capture_output=True, text=True, timeout=60)
+        command = [sys.executable, "-m", "gateway.cli", "journal", "replay", "--config", str(config)]
+        replayed = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
         assert replayed.returncode == 0, replayed.stderr
         assert "0 settled, 4 already settled" in replayed.stdout, replayed.stdout
         assert not journal_file.exists()
@@ -333,7 +334,7 @@ async def test_database_errors_are_classified_transient_or_permanent(tmp_path: P
                  exc.AdminShutdownError("terminating connection"), exc.QueryCanceledError("canceling statement"),
                  exc.DeadlockDetectedError("deadlock"), exc.SerializationError("could not serialize"),
                  exc.ObjectNotInPrerequisiteStateError("lock not available"), exc.ConnectionDoesNotExistError("closed"),
-                 asyncpg.InterfaceError("pool is closed"), ConnectionRefusedError(111, "refused"), asyncio.TimeoutError()]
+                 asyncpg.InterfaceError("pool is closed"), ConnectionRefusedError(111, "refused"), TimeoutError()]
     permanent = [exc.UndefinedTableError("relation does not exist"), exc.UniqueViolationError("duplicate"),
                  exc.NumericValueOutOfRangeError("out of range"), exc.InsufficientPrivilegeError("permission denied")]
     assert all(isinstance(classify(e, "Postgres"), LedgerUnavailable) for e in transient)
