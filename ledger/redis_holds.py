@@ -61,7 +61,9 @@ but each gateway process knows its own open holds, so:
   "not mirrored" to reserve (it checks the balance field), so the next
   reserve re-reads the book and syncs it in, keeping the held total. The
   register script checks the generation too: if the data is lost again
-  mid-way, recovery starts over.
+  mid-way, recovery starts over. A hold granted under the old generation
+  whose reply is read only after a recovery finished marks the registry
+  stale, and the next reserve or heartbeat recovers again.
 - Grace. A reserve under a generation younger than the grace
   (limits.redis_recovery_grace_s, which must exceed the heartbeat interval
   plus the Redis deadline) gets "wait" instead of a decision: the store sleeps
@@ -93,8 +95,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as redis_exc
@@ -380,7 +383,7 @@ class _ScriptBatcher:
                     # Redis restarted or flushed its script cache: load and resend those.
                     for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
                         await self._client.script_load(script.script)
-                    for i, result in zip(missing, await self._execute([batch[i] for i in missing])):
+                    for i, result in zip(missing, await self._execute([batch[i] for i in missing]), strict=True):
                         results[i] = result
         except BaseException as exc:
             for *_, future in batch:
@@ -389,7 +392,7 @@ class _ScriptBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (*_, future), result in zip(batch, results):
+        for (*_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, Exception):
@@ -451,6 +454,9 @@ class RedisHolds:
         self._prune_at = REGISTRY_PRUNE_MIN
         self._recovery_lock = asyncio.Lock()
         self._recoveries = 0  # completed recoveries: lets waiters skip one that just ran
+        # A hold was granted under a generation this process has since left (its
+        # reply was read after a recovery had looked): the next call recovers.
+        self._stale = False
         self._client = client
         self._timeout_s = timeout_s
         self._batcher = _ScriptBatcher(client, pipeline_max, timeout_s)
@@ -520,7 +526,7 @@ class RedisHolds:
         deadline = time.monotonic() + self._grace_s + 2 * self._timeout_s
         while True:
             generation = self._generation
-            if generation is None or self._recovery_lock.locked():
+            if generation is None or self._stale or self._recovery_lock.locked():
                 await self._recover()  # holds of this process first, then new ones
                 continue
             reply = await self._run(self._reserve, keys, [wallet_id, hold_id, str(amount_nusd), ttl_ms, generation, self._grace_ms])
@@ -546,6 +552,8 @@ class RedisHolds:
         key = (wallet_id, hold_id)
         if key not in self._open:  # an idempotent repeat keeps the first hold's amount, as Redis does
             self._open[key] = _OpenHold(amount_nusd, time.monotonic() + ttl_s, generation)
+        if generation != self._generation:
+            self._stale = True  # granted before a loss, read after a recovery looked: recover again
         if len(self._open) > self._prune_at:
             now = time.monotonic()
             self._open = {k: h for k, h in self._open.items() if h.expires_at > now}
@@ -564,7 +572,7 @@ class RedisHolds:
         if self._generation is None:
             return False
         current = await self._run(self._current_generation, [self._generation_key], [])
-        if current is not None and _text(current) == self._generation:
+        if current is not None and _text(current) == self._generation and not self._stale:
             return False
         await self._recover()
         return True
@@ -573,8 +581,9 @@ class RedisHolds:
         """Join (or create) the current generation and re-register every open hold under it."""
         seen = self._recoveries
         async with self._recovery_lock:
-            if self._recoveries != seen and self._generation is not None:
+            if self._recoveries != seen and self._generation is not None and not self._stale:
                 return  # a recovery finished while we waited for it
+            self._stale = False  # this recovery registers every stale hold, whatever set it
             for _ in range(RECOVERY_ROUNDS_MAX):
                 gen_id, _born_ms = await self._run(self._join, [self._generation_key], [uuid.uuid4().hex])
                 generation = _text(gen_id)

@@ -199,3 +199,43 @@ async def test_settling_holds_the_loss_removed_leaves_held_at_zero(fake_upstream
 
 async def _held_count_is(client: aioredis.Redis, holds: RedisHolds, wallet_id: str, count: int) -> bool:
     return (await raw_held(client, holds, wallet_id))[1] == count
+
+
+async def test_the_store_re_registers_only_open_holds_with_their_remaining_ttl() -> None:
+    """RedisHolds alone: after a FLUSHDB, settled/released/expired holds stay gone, open ones come
+    back (without a mirror: the next reserve re-reads the book), and a reserve waits out the grace."""
+    client = aioredis.from_url(LOSS_REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        missing_service(f"Redis not reachable at {LOSS_REDIS_URL}: {exc}")
+    store = RedisHolds(client, prefix=f"mwl{uuid.uuid4().hex[:10]}", grace_s=0.4, timeout_s=1.0)
+    try:
+        await store.sync("w", 1_000, 1)
+        for i in range(4):
+            assert (await store.reserve("w", f"h{i}", 100, 30)).status.value == "reserved"
+        assert (await store.reserve("w", "short", 100, 0.05)).status.value == "reserved"
+        assert store.open_hold_count == 5
+        await client.flushdb()
+        assert await store.settle("w", "h0", 900, 2) is False  # gone with the data: nothing released
+        assert await store.release("w", "h1") is False
+        await asyncio.sleep(0.1)  # "short" expires
+        assert await store.check_generation() is True  # the heartbeat: lost, so recover
+        assert store.open_hold_count == 2
+        # h2, h3 are back, with the mirror the settle rebuilt: held 200, never negative.
+        assert await raw_held(client, store, "w") == (200, 2)
+        mirror = await store.wallet("w")
+        assert mirror is not None and (mirror.balance_nusd, mirror.version, mirror.held_nusd) == (900, 2, 200)
+        _, _, ekey = store.wallet_keys("w")
+        ttls = [score for _, score in await client.zrange(ekey, 0, -1, withscores=True)]
+        now_ms = (await client.time())[0] * 1000
+        assert all(now_ms + 25_000 < ttl <= now_ms + 31_000 for ttl in ttls), ttls  # their remaining TTL
+        assert await store.check_generation() is False  # nothing changed since
+        started = asyncio.get_running_loop().time()
+        result = await store.reserve("w", "new", 700, 30)  # the generation is young: waits, then decides
+        assert asyncio.get_running_loop().time() - started >= 0.2
+        assert (result.status.value, result.available_nusd) == ("reserved", 0)
+        assert (await store.reserve("w", "more", 1, 30)).status.value == "insufficient"
+    finally:
+        await client.flushdb()
+        await client.aclose()
