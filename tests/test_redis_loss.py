@@ -19,10 +19,14 @@ from typing import Any
 import openai
 import redis.asyncio as aioredis
 
+from gateway.operations import Operations
+from ledger.book import check_invariants
 from ledger.money import parse_usd
+from ledger.postgres_book import PostgresBook
 from ledger.redis_holds import RedisHolds
 from tests.conftest import missing_service, pg_schema
 from tests.gateway_harness import Harness, settings_for, start_gateway
+from tests.test_multiprocess import free_port, fund, serve, stop, wait_healthy, write_config
 
 # A private db: FLUSHDB here cannot hurt the suite's other tests (db 0).
 LOSS_REDIS_URL = os.environ.get("MW_TEST_REDIS_LOSS_URL", "redis://127.0.0.1:6379/15")
@@ -236,6 +240,64 @@ async def test_the_store_re_registers_only_open_holds_with_their_remaining_ttl()
         assert asyncio.get_running_loop().time() - started >= 0.2
         assert (result.status.value, result.available_nusd) == ("reserved", 0)
         assert (await store.reserve("w", "more", 1, 30)).status.value == "insufficient"
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+async def test_two_serve_processes_survive_a_flushdb_without_overspending(tmp_path, fake_upstream: str) -> None:
+    """The same under `meterway serve` itself: two real processes, Redis flushed while both hold money."""
+    client = aioredis.from_url(LOSS_REDIS_URL)
+    try:
+        await client.ping()
+    except (OSError, aioredis.ConnectionError) as exc:
+        missing_service(f"Redis not reachable at {LOSS_REDIS_URL}: {exc}")
+    prefix = f"mwl{uuid.uuid4().hex[:10]}"
+    await client.hset(f"{prefix}:generation", mapping={"id": "before", "born_ms": 0})
+    processes = []
+    try:
+        async with pg_schema() as dsn:
+            book = await PostgresBook.connect(dsn)
+            await book.migrate()
+            holds = RedisHolds(client, prefix=prefix)
+            env = {**os.environ, "DATABASE_URL": dsn, "REDIS_URL": LOSS_REDIS_URL, "MW_REDIS_PREFIX": prefix,
+                   "MW_SETTLE_JOURNAL_PATH": str(tmp_path / "journal.jsonl"),
+                   **{f"MW_LIMITS__{name.upper()}": str(value) for name, value in LIMITS.items()}}
+            try:
+                ops = Operations(book, holds)
+                config = write_config(tmp_path, fake_upstream)
+                ports = [free_port(), free_port()]
+                processes = [serve(env, config, port) for port in ports]
+                for port, process in zip(ports, processes, strict=True):
+                    await wait_healthy(f"http://127.0.0.1:{port}", process)
+                secret = await fund(ops, "flushed", 5 * FEE_NUSD)
+                clients = [openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key=secret, max_retries=0)
+                           for p in ports]
+
+                async def one(i: int, latency_ms: int) -> bool:
+                    try:
+                        await clients[i % 2].chat.completions.create(model="flat-fee", messages=slow(latency_ms))
+                        return True
+                    except openai.APIStatusError as exc:
+                        assert exc.status_code == 402, (exc.status_code, exc.response.text)
+                        return False
+
+                first = [asyncio.ensure_future(one(i, 3000)) for i in range(10)]
+                await wait_for(lambda: _held_count_is(client, holds, "flushed", 5))
+                await client.flushdb()
+                second = [asyncio.ensure_future(one(i, 20)) for i in range(20)]
+                served = sum(await asyncio.gather(*first, *second))
+            finally:
+                for process in processes:
+                    stop(process)
+            totals = await book.totals()
+            wallet = await book.wallet("flushed")
+            await book.close()
+        check_invariants(totals)
+        assert served == 5, served
+        assert totals.usage_shortfall_nusd == 0 and totals.revenue_nusd == 5 * FEE_NUSD, totals
+        assert wallet is not None and wallet.balance_nusd == 0
+        assert await raw_held(client, holds, "flushed") == (0, 0)
     finally:
         await client.flushdb()
         await client.aclose()
