@@ -306,12 +306,15 @@ class Settler:
         return min(self._limits.retry_delay_s * 2**self._limits.retry_max, self._limits.retry_delay_max_s) or 0.01
 
     def _defer(self, batch: list[_Pending], exc: LedgerUnavailable, retrying: bool) -> None:
+        now = asyncio.get_running_loop().time()
         if retrying:
             self._retry.extendleft(reversed(batch))  # still the oldest: first again
             self._retry_delay_s = min(self._retry_delay_s * 2, self._limits.retry_delay_max_s)
+            self._retry_at = now + self._retry_delay_s
         else:
+            if not self._retry:  # else the retry already scheduled stands: new failures must not push it back
+                self._retry_at = now + self._retry_delay_s
             self._retry.extend(batch)
-        self._retry_at = asyncio.get_running_loop().time() + self._retry_delay_s
         log.warning("ledger unavailable (%s): %d settlements wait for it, next try in %.1f s",
                     exc, len(self._retry), self._retry_delay_s)
         error = SettlementDelayed("the ledger is unavailable; the settlement is kept and committed when it is back")

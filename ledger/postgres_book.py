@@ -7,6 +7,7 @@ item inside one transaction. asyncpg errors are translated here and nowhere else
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
@@ -43,6 +44,8 @@ from ledger.errors import (
 from ledger.rows import key_record, settled_usage, transfer_record
 
 T = TypeVar("T")
+# close() waits this long for in-use connections to be given back, then cuts them.
+POOL_CLOSE_TIMEOUT_S = 5.0
 
 # SQLSTATE classes (the first two characters) after which the same call may
 # succeed if retried, because the cause is the server's state, not the call:
@@ -258,7 +261,10 @@ class PostgresBook:
         return await self._with(run)
 
     async def close(self) -> None:
-        await self._pool.close()
+        try:
+            await asyncio.wait_for(self._pool.close(), POOL_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self._pool.terminate()  # a server that stopped answering must not hold up shutdown
 
 
 async def _insert_transfer(conn: asyncpg.Connection, transfer: Transfer) -> TransferOutcome:

@@ -236,20 +236,25 @@ class FaultyBook:
     def __init__(self, book: Any) -> None:
         self._book = book
         self.planted: list[BaseException] = []
+        self.down = False  # every settle_batch raises LedgerUnavailable, as in an outage
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._book, name)
 
     async def settle_batch(self, items: Sequence[UsageRecord]) -> list[SettleResult]:
+        if self.down:
+            raise LedgerUnavailable("the ledger is down (injected)")
         if self.planted:
             raise self.planted.pop(0)
         return await self._book.settle_batch(items)
 
 
 @contextlib.asynccontextmanager
-async def faulty_gateway(backend: str, fake_upstream: str, tmp_path: Path) -> AsyncIterator[tuple[Harness, FaultyBook]]:
+async def faulty_gateway(backend: str, fake_upstream: str, tmp_path: Path,
+                         **limits: Any) -> AsyncIterator[tuple[Harness, FaultyBook]]:
     async with store_settings(backend, tmp_path) as store:
-        settings = settings_for(fake_upstream, {**store, "settle_journal_path": str(tmp_path / "j.jsonl")}, limits=FAST)
+        settings = settings_for(fake_upstream, {**store, "settle_journal_path": str(tmp_path / "j.jsonl")},
+                                limits={**FAST, **limits})
         stores = await open_stores(settings)
         book = FaultyBook(stores.book)
         app = create_app(settings, Stores(book, stores.holds))  # type: ignore[arg-type]
@@ -296,6 +301,23 @@ async def test_a_permanent_postgres_error_fails_the_batch_and_the_next_settles(b
             status, retried, _ = await call(gw, key)  # LedgerUnavailable: retried, then committed
         assert status == 200 and retried["X-Usage-Cost"] == "0.01"
         assert await gw.balance(wallet) == parse_usd("1") - FEE
+
+
+async def test_a_full_retry_queue_refuses_new_work_and_loses_none(backend, fake_upstream, tmp_path) -> None:
+    async with faulty_gateway(backend, fake_upstream, tmp_path, settle_retry_queue_max=2) as (gw, book):
+        wallet, key = await gw.funded_key("1")
+        book.down = True
+        for _ in range(2):
+            status, headers, _ = await call(gw, key)
+            assert status == 200 and "X-Usage-Cost" not in headers
+        status, _, _ = await call(gw, key)
+        assert status == 503, "no upstream work whose charge could not be kept"
+        assert (await ready(gw))[0] == 503
+        book.down = False
+        async with asyncio.timeout(10):
+            await gw.settled_everything()
+        assert await gw.balance(wallet) == parse_usd("1") - 2 * FEE, "both waiting settlements committed, once"
+        await wait_ready(gw, 200, within_s=5)
 
 
 async def test_a_dead_settle_loop_is_restarted(gw) -> None:
