@@ -36,4 +36,8 @@ async def sweep_forever(book: Book, holds: HoldStore, interval_s: float, batch_m
                 pass  # more are due: keep going without waiting
         except (HoldStoreUnavailable, LedgerUnavailable) as exc:
             log.warning("hold sweep failed, will retry: %s", exc)
+        except Exception:
+            # A permanent ledger error or a bug must not end the sweep for good:
+            # holds nobody settles would then never be released.
+            log.exception("hold sweep failed unexpectedly, will retry")
         await asyncio.sleep(interval_s)
