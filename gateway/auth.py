@@ -9,14 +9,18 @@ of bad keys cannot turn into a flood of queries.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections import OrderedDict
 
 from pydantic import SecretStr
 
-from gateway.errors import ApiError, invalid_api_key
+from gateway.errors import ApiError, invalid_api_key, service_unavailable
 from gateway.keys import hash_secret, looks_like_key
 from ledger.book import ApiKeyRecord, Book
+from ledger.errors import LedgerError
+
+log = logging.getLogger("meterway.auth")
 
 
 class KeyCache:
@@ -72,7 +76,13 @@ async def authenticate(cache: KeyCache, authorization: str | None) -> ApiKeyReco
         return invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer mw-...'.")
     if not looks_like_key(secret):
         return invalid_api_key("Incorrect API key provided: it is not a Meterway key.")
-    record = await cache.lookup(hash_secret(secret))
+    try:
+        record = await cache.lookup(hash_secret(secret))
+    except LedgerError as exc:
+        # A key not cached yet cannot be checked while the ledger is down: say
+        # so (retryable), rather than a 500 or a wrong "invalid key".
+        log.warning("key lookup failed: %s", exc)
+        return service_unavailable("The ledger is unavailable; nothing was charged. Retry shortly.", "ledger_unavailable")
     if record is None:
         return invalid_api_key()
     if not record.active:

@@ -379,3 +379,20 @@ async def test_database_errors_are_classified_transient_or_permanent(tmp_path: P
         await sqlite.close()
     with pytest.raises(LedgerUnavailable):  # nothing listens there
         await PostgresBook.connect("postgresql://postgres@127.0.0.1:9/test")
+
+
+async def test_an_uncached_key_during_an_outage_is_a_503_not_a_500(limited, fake_upstream) -> None:
+    gw = await start_gateway(settings_for(fake_upstream, limited["store"], limits=FAST))
+    try:
+        wallet, key = await gw.funded_key("1")
+        gw.wallets.append(wallet)
+        async with outage(limited["role"]):
+            status, headers, body = await gw.raw_post("/v1/chat/completions", CHAT, key)
+        assert status == 503, body
+        assert body["error"]["code"] == "ledger_unavailable" and headers["Content-Type"].startswith("application/json")
+        status, headers, _ = await call(gw, key)  # the same key once the ledger is back
+        assert status == 200 and headers["X-Usage-Cost"] == "0.01"
+        await gw.assert_no_holds()
+        await gw.totals()
+    finally:
+        await gw.runner.cleanup()
