@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import Settings
+from gateway import logs
 from ledger.errors import AccountExists
 from ledger.money import format_usd, parse_usd
 
@@ -76,6 +77,7 @@ async def _demo(args: argparse.Namespace) -> int:
     # Fresh tokens each run: /admin and /metrics are never open, whatever --host says.
     admin_token, metrics_token = secrets.token_hex(24), secrets.token_hex(24)
     settings = demo_settings(args, upstream_url, admin_token, metrics_token)
+    logs.install(settings)  # the demo's tokens and keys never reach a log line either
     stores = await open_stores(settings)  # embedded: migrates the demo file
     runner: web.AppRunner | None = None
     try:
