@@ -138,7 +138,7 @@ class ModelConfig(_Frozen):
             raise ValueError(str(exc)) from exc
 
     @model_validator(mode="after")
-    def _prices_are_exact(self) -> "ModelConfig":
+    def _prices_are_exact(self) -> ModelConfig:
         self.price()
         return self
 
@@ -202,7 +202,7 @@ class Limits(_Frozen):
     shutdown_timeout_s: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
-    def _hold_outlives_request(self) -> "Limits":
+    def _hold_outlives_request(self) -> Limits:
         # A hold must never expire under a request that is still running,
         # or the wallet could be spent twice.
         if self.hold_ttl_s <= self.upstream_total_timeout_s:
@@ -257,7 +257,7 @@ class Settings(BaseSettings):
         return check_token(str(info.field_name), token)
 
     @model_validator(mode="after")
-    def _models_have_providers(self) -> "Settings":
+    def _models_have_providers(self) -> Settings:
         for name, provider in self.providers.items():
             for model in provider.models:
                 if model not in self.models:

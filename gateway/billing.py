@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from gateway.errors import ApiError, service_unavailable
 from gateway.settlement import SettlementDelayed, Settler
 from ledger.book import Book, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
-
 
 # Bounds the memory of when each wallet was last re-read from the book.
 REFRESH_ENTRIES_MAX = 100_000

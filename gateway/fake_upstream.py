@@ -739,7 +739,7 @@ def _chat_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
 def _chat_body(
     head: dict[str, Any], n_choices: int, tokens: int, finish: str, usage: dict[str, Any] | None
 ) -> dict[str, Any]:
-    message = {"role": "assistant", "content": completion_text(tokens), "refusal": None, "annotations": []}
+    message: dict[str, Any] = {"role": "assistant", "content": completion_text(tokens), "refusal": None, "annotations": []}
     body = {
         "id": head["id"],
         "object": head["object"],
@@ -929,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        loop = uvloop.new_event_loop()
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
     web.run_app(build_fake_app(config), host=args.host, port=args.port, loop=loop, backlog=1024, **_runner_options())

@@ -34,7 +34,7 @@ class Metrics:
         return child
 
     @classmethod
-    def create(cls) -> "Metrics":
+    def create(cls) -> Metrics:
         registry = CollectorRegistry()
         return cls(
             registry=registry,

@@ -195,7 +195,8 @@ async def _forward(state: GatewayState, call: Call, hold: Hold) -> web.StreamRes
         # No usage from the upstream: count it ourselves, off the event loop.
         counted = await asyncio.get_running_loop().run_in_executor(None, _count_usage, call, data)
     metered = meter(call.route.price, reported, counted, state.settings.limits.usage_tokens_max)
-    served_model = data.get("model") if data and isinstance(data.get("model"), str) else call.route.model_name
+    served = data.get("model") if data else None
+    served_model = served if isinstance(served, str) else call.route.model_name
     headers = {**relayed_headers(upstream_headers_seen),
                "Content-Type": upstream_headers_seen.get("Content-Type", "application/json"),
                "X-Request-Id": call.request_id, "X-Model": served_model, "X-Total-Tokens": str(metered.usage.total_tokens)}
@@ -222,12 +223,29 @@ def _count_usage(call: Call, data: dict[str, Any] | None) -> TokenUsage:
 
 
 def _completion_tokens_of_body(call: Call, data: dict[str, Any] | None) -> int:
+    """The completion's tokens when the upstream reported none: text, refusals and tool calls alike."""
     if not data or call.endpoint == "embedding":
         return 0
-    encoding = call.route.encoding.name
-    text = []
+    texts: list[str] = []
     for choice in data.get("choices") or []:
         if isinstance(choice, dict):
-            message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-            text.append(message.get("content") or choice.get("text") or "")
-    return sum(tokens.count_text(t, encoding) for t in text if isinstance(t, str))
+            message = choice.get("message")
+            texts.extend(_message_texts(message) if isinstance(message, dict) else [])
+            if isinstance(choice.get("text"), str):
+                texts.append(choice["text"])
+    return sum(tokens.count_text(text, call.route.encoding.name) for text in texts)
+
+
+def _message_texts(message: dict[str, Any]) -> list[str]:
+    texts = [message[field] for field in ("content", "refusal") if isinstance(message.get(field), str)]
+    calls = message.get("tool_calls")
+    for function in [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []:
+        texts.extend(_function_texts(function))
+    texts.extend(_function_texts(message.get("function_call")))
+    return texts
+
+
+def _function_texts(function: Any) -> list[str]:
+    if not isinstance(function, dict):
+        return []
+    return [function[field] for field in ("name", "arguments") if isinstance(function.get(field), str)]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -22,7 +23,6 @@ from aiohttp import web
 from config.pricing import TokenUsage
 from gateway import tokens
 from gateway.billing import Hold
-from gateway.metering import meter, usage_from_body
 from gateway.calls import (
     Call,
     close_hold,
@@ -35,6 +35,7 @@ from gateway.calls import (
     upstream_url,
     usage_record,
 )
+from gateway.metering import meter, usage_from_body
 from gateway.state import GatewayState
 from ledger.money import format_usd
 
@@ -134,7 +135,7 @@ async def sse_events(content: aiohttp.StreamReader, event_bytes_max: int) -> Asy
                 buffer = buffer[end + 2 :]
             if len(buffer) > event_bytes_max:
                 raise UpstreamBroken(f"an upstream event exceeds {event_bytes_max} bytes")
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         raise UpstreamBroken(str(exc)) from exc
 
 
@@ -169,7 +170,7 @@ async def relay(state: GatewayState, request: web.Request, call: Call, hold: Hol
 async def _read_error_body(upstream: aiohttp.ClientResponse) -> bytes:
     try:
         return await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return b'{"error": {"message": "upstream error", "type": "server_error", "param": null, "code": null}}'
 
 

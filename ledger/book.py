@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from ledger.errors import NotAWallet
 from ledger.money import AMOUNT_NUSD_MAX

@@ -23,8 +23,9 @@ from __future__ import annotations
 import enum
 import heapq
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ledger.money import AMOUNT_NUSD_MAX
 

@@ -8,13 +8,15 @@ item inside one transaction. asyncpg errors are translated here and nowhere else
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 
 from ledger.book import (
     FUNDING_ACCOUNT,
+    FUNDING_KINDS,
     REVENUE_ACCOUNT,
     SHORTFALL_ACCOUNT,
     ApiKeyRecord,
@@ -26,7 +28,6 @@ from ledger.book import (
     TransferOutcome,
     TransferRecord,
     UsageRecord,
-    FUNDING_KINDS,
     Wallet,
     check_funding_credit,
     migration_files,
@@ -86,7 +87,7 @@ class PostgresBook:
         self._pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, *, pool_max: int = 10) -> "PostgresBook":
+    async def connect(cls, dsn: str, *, pool_max: int = 10) -> PostgresBook:
         try:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_max, command_timeout=30)
         except Exception as exc:
@@ -232,7 +233,7 @@ class PostgresBook:
 
     async def revoke_key(self, key_id: str) -> bool:
         async def run(conn: asyncpg.Connection) -> bool:
-            status = await conn.execute(
+            status: str = await conn.execute(
                 "UPDATE mw_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id
             )
             return status == "UPDATE 1"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from ledger.book import (
     FUNDING_ACCOUNT,
@@ -31,7 +32,6 @@ from ledger.book import (
     migration_files,
     validate_wallet_id,
 )
-from ledger.rows import USAGE_COLUMNS, key_record, settled_usage, transfer_record
 from ledger.errors import (
     AccountExists,
     IdempotencyConflict,
@@ -40,6 +40,7 @@ from ledger.errors import (
     LedgerUnavailable,
     UnknownAccount,
 )
+from ledger.rows import USAGE_COLUMNS, key_record, settled_usage, transfer_record
 
 T = TypeVar("T")
 
@@ -345,7 +346,10 @@ def _balance(conn: sqlite3.Connection, account_id: str) -> tuple[int, int]:
 
 
 def _totals(conn: sqlite3.Connection) -> LedgerTotals:
-    one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+    def one(sql: str) -> int:
+        value: int = conn.execute(sql).fetchone()[0]
+        return value
+
     return LedgerTotals(
         balance_sum_nusd=one("SELECT COALESCE(SUM(balance_nusd), 0) FROM mw_accounts"),
         negative_wallets=one("SELECT COUNT(*) FROM mw_accounts WHERE kind = 'wallet' AND balance_nusd < 0"),

@@ -8,7 +8,7 @@ model that served; `models.retrieve` works; a malformed `stream_options` is a
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import openai
 import pytest

@@ -277,3 +277,18 @@ async def raw_stream(gw, body: dict[str, Any], key: str) -> tuple[int, dict[str,
         async with session.post(f"{gw.base_url}/v1/chat/completions", data=json.dumps(body).encode(),
                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}) as response:
             return response.status, dict(response.headers), await response.read()
+
+
+def test_a_completion_without_usage_counts_its_tool_calls_and_refusal() -> None:
+    """The no-usage fallback bills what the model wrote, tool calls included, not just `content`."""
+    from gateway.proxy import _message_texts
+
+    message = {
+        "role": "assistant", "content": None, "refusal": "I can't help with that.",
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}],
+        "function_call": {"name": "legacy", "arguments": "{}"},
+    }
+    assert _message_texts(message) == [
+        "I can't help with that.", "get_weather", '{"city": "Paris", "unit": "celsius"}', "legacy", "{}"]
+    assert _message_texts({"role": "assistant", "content": "hi", "tool_calls": "junk"}) == ["hi"]

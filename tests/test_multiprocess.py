@@ -13,8 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import openai
@@ -112,7 +112,7 @@ async def test_two_gateway_processes_never_overspend_a_wallet(tmp_path: Path, fa
         ports = [free_port(), free_port()]
         processes = [serve(env, config, port) for port in ports]
         try:
-            for port, process in zip(ports, processes):
+            for port, process in zip(ports, processes, strict=True):
                 await wait_healthy(f"http://127.0.0.1:{port}", process)
             key = await fund(ops, "shared", n * FLAT_FEE_NUSD)
             clients = [openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key=key, max_retries=0) for p in ports]
@@ -174,7 +174,7 @@ async def test_a_killed_gateways_hold_expires_and_is_released_by_another(tmp_pat
         ports = [free_port(), free_port()]
         doomed, survivor = serve(env, config, ports[0]), serve(env, config, ports[1])
         try:
-            for port, process in zip(ports, (doomed, survivor)):
+            for port, process in zip(ports, (doomed, survivor), strict=True):
                 await wait_healthy(f"http://127.0.0.1:{port}", process)
             key = await fund(ops, "crash", parse_usd("1"))
             client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{ports[0]}/v1", api_key=key, max_retries=0)
