@@ -66,8 +66,7 @@ def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Applica
             None, tokens.warm_up, {r.encoding.name for r in routes.values()})
         state = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler,
-            billing=Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s,
-                            settle_wait_max_s=limits.settle_wait_max_s),
+            billing=Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s),
             keys=KeyCache(stores.book, limits.key_cache_ttl_s, limits.key_cache_entries_max),
             session=session, metrics=metrics, routes=routes,
         )

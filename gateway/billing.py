@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import ApiError, service_unavailable
-from gateway.settlement import SettlementDelayed, Settler
+from gateway.settlement import Settler
 from ledger.book import Book, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
@@ -47,10 +47,8 @@ class Shortage:
 
 class Billing:
     def __init__(self, book: Book, holds: HoldStore, settler: Settler, hold_ttl_s: float,
-                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 settle_wait_max_s: float = 10.0) -> None:
+                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._book = book
-        self._settle_wait_max_s = settle_wait_max_s
         self._holds = holds
         self._settler = settler
         self._hold_ttl_s = hold_ttl_s
@@ -101,13 +99,10 @@ class Billing:
         # Once enqueued (synchronously, so no cancellation can come between),
         # the Settler owns the record: committed, or journaled at shutdown.
         future = self._settler.enqueue(record)
-        try:
-            # Shielded: a cancelled or impatient caller stops waiting, never the settlement.
-            return await asyncio.wait_for(asyncio.shield(future), self._settle_wait_max_s)
-        except TimeoutError:
-            # Answer without a cost (only a committed debit is ever shown); the
-            # settlement goes on in the background.
-            raise SettlementDelayed(f"not committed within {self._settle_wait_max_s:g} s; it is still being settled") from None
+        # Shielded: a cancelled caller stops waiting, never the settlement. The
+        # Settler fails the future with SettlementDelayed past settle_wait_max_s
+        # (the settlement goes on), so no waiter waits without a bound.
+        return await asyncio.shield(future)
 
     async def release(self, hold: Hold) -> None:
         if hold.state is not HoldState.OPEN:

@@ -30,10 +30,14 @@ UPSTREAM_PATHS = {"chat": "/chat/completions", "completion": "/completions", "em
 
 # Upstream headers a client's SDK reads (the OpenAI SDK's retry logic reads
 # retry-after, retry-after-ms and x-should-retry; dashboards read the rate
-# limits), relayed as they are. The upstream's x-request-id is relayed as
-# X-Upstream-Request-Id: X-Request-Id names our own request (GET /v1/usage/{id}).
-RELAYED_HEADERS = frozenset({"retry-after", "retry-after-ms", "x-should-retry", "openai-processing-ms"})
-RELAYED_PREFIX = "x-ratelimit-"
+# limits), relayed as they are. Named one by one: a lookup each is cheaper on
+# the hot path than scanning every upstream header. The upstream's x-request-id
+# is relayed as X-Upstream-Request-Id: X-Request-Id names our own request
+# (GET /v1/usage/{id}).
+RELAYED_HEADERS = (
+    "retry-after", "retry-after-ms", "x-should-retry", "openai-processing-ms",
+    *(f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")),
+)
 UPSTREAM_REQUEST_ID = "x-request-id"
 
 
@@ -106,13 +110,10 @@ def observe(state: GatewayState, call: Call, outcome: str, metered: Metered | No
 
 
 def relayed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    relayed = {}
-    for name, value in upstream.items():
-        lower = name.lower()
-        if lower in RELAYED_HEADERS or lower.startswith(RELAYED_PREFIX):
-            relayed[name] = value
-        elif lower == UPSTREAM_REQUEST_ID:
-            relayed["X-Upstream-Request-Id"] = value
+    relayed = {name: value for name in RELAYED_HEADERS if (value := upstream.get(name)) is not None}
+    upstream_id = upstream.get(UPSTREAM_REQUEST_ID)
+    if upstream_id is not None:
+        relayed["X-Upstream-Request-Id"] = upstream_id
     return relayed
 
 

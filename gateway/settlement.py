@@ -54,6 +54,13 @@ class SettleLimits:
     retry_queue_max: int = 20_000
     stuck_after_s: float = 30.0
     shutdown_timeout_s: float = 10.0
+    # A waiter hears SettlementDelayed once its settlement is this old (checked
+    # every WAIT_CHECKS_PER_DEADLINE-th of it, so at most 1.25x late): one
+    # timer for all waiters instead of one per request.
+    wait_max_s: float = 10.0
+
+
+WAIT_CHECKS_PER_DEADLINE = 4
 
 
 class SettlementUnavailable(Exception):
@@ -133,6 +140,7 @@ class Settler:
         self._retry_delay_s = self._first_retry_delay()
         self._retry_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._deadlines: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
         self.batches_committed = 0
@@ -143,6 +151,8 @@ class Settler:
     def start(self) -> None:
         assert self._task is None
         self._launch(0.0)
+        self._deadlines = asyncio.get_running_loop().create_task(self._expire_waiters_forever(),
+                                                                 name="meterway-settle-deadlines")
 
     @property
     def full(self) -> bool:
@@ -200,7 +210,7 @@ class Settler:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._limits.shutdown_timeout_s):
                 await self.drain()
-        tasks = [t for t in (self._task, *self._finishing) if t is not None]
+        tasks = [t for t in (self._task, self._deadlines, *self._finishing) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -217,6 +227,28 @@ class Settler:
                     pending.future.set_exception(error)
         self._unfinished = 0
         self._idle.set()
+
+    async def _expire_waiters_forever(self) -> None:
+        interval_s = self._limits.wait_max_s / WAIT_CHECKS_PER_DEADLINE
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self._expire_waiters(asyncio.get_running_loop().time())
+            except Exception:  # never let a bug here leave waiters without a deadline
+                log.exception("settle deadline check failed")
+
+    def _expire_waiters(self, now: float) -> None:
+        """Waiters of settlements older than wait_max_s stop waiting; the settlements go on."""
+        cutoff = now - self._limits.wait_max_s
+        error = SettlementDelayed(f"not committed within {self._limits.wait_max_s:g} s; it is still being settled")
+        for pending in self._current:
+            if pending.queued_at <= cutoff and not pending.future.done():
+                pending.future.set_exception(error)
+        for pending in self._queue:  # oldest first
+            if pending.queued_at > cutoff:
+                break
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     # --- the loop ---------------------------------------------------------------
 
@@ -476,7 +508,7 @@ def settler_for(book: Book, holds: HoldStore, settings: Settings) -> Settler:
         batch_max=limits.settle_batch_max, queue_max=limits.settle_queue_max, retry_max=limits.settle_retry_max,
         retry_delay_s=limits.settle_retry_delay_s, retry_delay_max_s=limits.settle_retry_delay_max_s,
         retry_queue_max=limits.settle_retry_queue_max, stuck_after_s=limits.settle_stuck_after_s,
-        shutdown_timeout_s=limits.settle_shutdown_timeout_s,
+        shutdown_timeout_s=limits.settle_shutdown_timeout_s, wait_max_s=limits.settle_wait_max_s,
     ), Journal(settings.journal_path))
 
 

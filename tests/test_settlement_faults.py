@@ -237,11 +237,14 @@ class FaultyBook:
         self._book = book
         self.planted: list[BaseException] = []
         self.down = False  # every settle_batch raises LedgerUnavailable, as in an outage
+        self.slow_s = 0.0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._book, name)
 
     async def settle_batch(self, items: Sequence[UsageRecord]) -> list[SettleResult]:
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)  # a ledger that answers, slowly
         if self.down:
             raise LedgerUnavailable("the ledger is down (injected)")
         if self.planted:
@@ -396,3 +399,19 @@ async def test_an_uncached_key_during_an_outage_is_a_503_not_a_500(limited, fake
         await gw.totals()
     finally:
         await gw.runner.cleanup()
+
+
+async def test_a_slow_ledger_answers_the_client_by_the_wait_deadline_and_still_commits(backend, fake_upstream, tmp_path) -> None:
+    async with faulty_gateway(backend, fake_upstream, tmp_path, settle_wait_max_s=0.4) as (gw, book):
+        wallet, key = await gw.funded_key("1")
+        book.slow_s = 2.0
+        status, headers, elapsed = await call(gw, key)
+        # Answered by the deadline (checked 4 times per period: at most 1.25 x 0.4 s, plus the upstream),
+        # without a cost, because the debit is not committed yet.
+        assert status == 200 and "X-Usage-Cost" not in headers
+        assert elapsed < 1.5, elapsed
+        book.slow_s = 0.0
+        async with asyncio.timeout(10):
+            await gw.settled_everything()
+        assert await gw.balance(wallet) == parse_usd("1") - FEE  # the settlement went on: charged once
+        assert (await gw.usage(headers["X-Request-Id"], key))["charged_nusd"] == FEE
