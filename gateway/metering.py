@@ -75,6 +75,10 @@ def capped(price: ModelPrice, usage: TokenUsage, source: str, tokens_max: int) -
     flagged by its usage_source ("upstream_capped"). The wallet then pays what
     it can, and the rest is a shortfall, as for any cost above the balance.
     """
+    if max(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) <= tokens_max:
+        cost = cost_nusd(price, usage)  # the usual case: no copy, no comparison of copies
+        if cost <= AMOUNT_NUSD_MAX:
+            return Metered(usage, source, cost)
     bounded = TokenUsage(
         prompt_tokens=min(usage.prompt_tokens, tokens_max),
         completion_tokens=min(usage.completion_tokens, tokens_max),
