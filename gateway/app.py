@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -26,11 +25,6 @@ from ledger.money import format_usd
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger(__name__)
-# Set on a request once its response has started: after that an error can only close the connection.
-# (web.RequestKey exists from aiohttp 3.13 on; older versions take a plain string.)
-RESPONSE_STARTED: Any = (web.RequestKey("mw_response_started", bool) if hasattr(web, "RequestKey")
-                         else "mw_response_started")
-
 
 def create_app(settings: Settings, stores: Stores | None = None) -> web.Application:
     """stores=None: open them from settings (and close them) with the app."""
@@ -46,7 +40,6 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     app.router.add_get("/readyz", readiness.readyz)
     if settings.admin_token is not None:
         admin.add_routes(app)  # no admin token: /admin/* does not exist (404), rather than a door to guess at
-    app.on_response_prepare.append(_mark_response_started)
     return app
 
 
@@ -107,15 +100,11 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
         return ApiError(exc.status, exc.reason, kind, exc.reason.lower().replace(" ", "_")).response()
     except Exception:
-        if request.get(RESPONSE_STARTED) or request.transport is None or request.transport.is_closing():
+        if errors.response_started(request) or request.transport is None or request.transport.is_closing():
             raise  # headers already sent, or the client is gone: aiohttp can only close the connection
         request_id = proxy.new_request_id()
         log.exception("unexpected error in %s %r (request id %s)", request.method, request.path, request_id)
         return errors.internal_error(request_id).response(request_id)
-
-
-async def _mark_response_started(request: web.Request, response: web.StreamResponse) -> None:
-    request[RESPONSE_STARTED] = True
 
 
 async def list_models(request: web.Request) -> web.Response:

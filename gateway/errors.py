@@ -8,6 +8,7 @@ retries; `x-should-retry: false` stops it where retrying cannot help.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -83,3 +84,19 @@ def invalid_metrics_token() -> ApiError:
 
 def not_found(message: str) -> ApiError:
     return ApiError(404, message, "invalid_request_error", "not_found")
+
+
+# Set on a request by a handler that starts its response early (a stream):
+# after that an error can only close the connection, not answer. Set where
+# the stream starts, not by an on_response_prepare signal, which would cost
+# every request a coroutine call. (web.RequestKey exists from aiohttp 3.13 on.)
+RESPONSE_STARTED: Any = (web.RequestKey("mw_response_started", bool) if hasattr(web, "RequestKey")
+                         else "mw_response_started")
+
+
+def mark_response_started(request: web.Request) -> None:
+    request[RESPONSE_STARTED] = True
+
+
+def response_started(request: web.Request) -> bool:
+    return bool(request.get(RESPONSE_STARTED))

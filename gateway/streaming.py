@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from config.pricing import TokenUsage
-from gateway import tokens
+from gateway import errors, tokens
 from gateway.billing import Hold
 from gateway.calls import (
     Call,
@@ -277,6 +277,7 @@ def _usage_event_with_cost(event: dict[str, Any], cost_usd: str | None) -> bytes
 
 
 async def _prepare(response: web.StreamResponse, request: web.Request) -> None:
+    errors.mark_response_started(request)
     try:
         await response.prepare(request)
     except (ConnectionError, aiohttp.ClientConnectionError) as exc:
