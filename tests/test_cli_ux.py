@@ -28,6 +28,7 @@ from config.settings import load_settings
 from gateway import backends, cli
 from tests.conftest import REDIS_TEST_URL, missing_service
 from tests.gateway_harness import MODELS
+from tests.test_multiprocess import stop
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS_TOKEN = "metrics-token-0123456789abcdefghijklmnop"
@@ -74,13 +75,7 @@ def serving(*args: str, env: dict[str, str], cwd: Path | None = None) -> Iterato
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout_s: float = 30) -> str:

@@ -39,16 +39,21 @@ def slow(latency_ms: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"FAKE:latency_ms={latency_ms}"}]
 
 
-@contextlib.asynccontextmanager
-async def two_gateways(upstream_url: str) -> AsyncIterator[tuple[Harness, Harness, aioredis.Redis]]:
+async def established_deployment() -> tuple[aioredis.Redis, str]:
+    """A client of the loss-test Redis and a fresh prefix whose generation is old: no grace to wait at start."""
     client = aioredis.from_url(LOSS_REDIS_URL)
     try:
         await client.ping()
     except (OSError, aioredis.ConnectionError) as exc:
         missing_service(f"Redis not reachable at {LOSS_REDIS_URL}: {exc}")
     prefix = f"mwl{uuid.uuid4().hex[:10]}"
-    # An established deployment: its generation is old, no grace to wait at start.
     await client.hset(f"{prefix}:generation", mapping={"id": "before", "born_ms": 0})
+    return client, prefix
+
+
+@contextlib.asynccontextmanager
+async def two_gateways(upstream_url: str) -> AsyncIterator[tuple[Harness, Harness, aioredis.Redis]]:
+    client, prefix = await established_deployment()
     started: list[Harness] = []
     try:
         async with pg_schema() as dsn:
@@ -247,13 +252,7 @@ async def test_the_store_re_registers_only_open_holds_with_their_remaining_ttl()
 
 async def test_two_serve_processes_survive_a_flushdb_without_overspending(tmp_path, fake_upstream: str) -> None:
     """The same under `meterway serve` itself: two real processes, Redis flushed while both hold money."""
-    client = aioredis.from_url(LOSS_REDIS_URL)
-    try:
-        await client.ping()
-    except (OSError, aioredis.ConnectionError) as exc:
-        missing_service(f"Redis not reachable at {LOSS_REDIS_URL}: {exc}")
-    prefix = f"mwl{uuid.uuid4().hex[:10]}"
-    await client.hset(f"{prefix}:generation", mapping={"id": "before", "born_ms": 0})
+    client, prefix = await established_deployment()
     processes = []
     try:
         async with pg_schema() as dsn:
