@@ -492,9 +492,12 @@ class Settler:
 
 async def release_holds(holds: HoldStore, records: Sequence[UsageRecord], results: Sequence[SettleResult]) -> None:
     """Settle the holds of committed records (the mirror learns the new balance) or release them."""
+    # A free call (nothing held, nothing charged) never had a hold and moved no money: nothing to tell the store.
     settled = [
         HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version)
-        for record, result in zip(records, results, strict=True) if result.outcome is not SettleOutcome.UNKNOWN_WALLET
+        for record, result in zip(records, results, strict=True)
+        if result.outcome is not SettleOutcome.UNKNOWN_WALLET
+        and (record.held_nusd or result.charged_nusd or result.shortfall_nusd)
     ]
     unknown = [record for record, result in zip(records, results, strict=True) if result.outcome is SettleOutcome.UNKNOWN_WALLET]
     await holds.settle_many(settled)

@@ -119,6 +119,8 @@ async def test_a_free_call_is_settled_at_zero_and_visible(free_gateway: Harness)
     assert after.transfer_count == before.transfer_count, "a free call moves no money: no zero-amount transfer"
     assert await gw.balance(wallet) == 0
     check_invariants(after)
+    await gw.settled_everything()
+    assert await gw.state.holds.wallet(wallet) is None, "a free call never touches the hold store"
 
 
 async def test_a_free_stream_shows_cost_zero_and_is_settled(free_gateway: Harness) -> None:
