@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import openai
@@ -39,13 +39,19 @@ def slow(latency_ms: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"FAKE:latency_ms={latency_ms}"}]
 
 
-async def established_deployment() -> tuple[aioredis.Redis, str]:
-    """A client of the loss-test Redis and a fresh prefix whose generation is old: no grace to wait at start."""
+async def loss_redis() -> aioredis.Redis:
+    """A client of the Redis these tests may flush (its own database)."""
     client = aioredis.from_url(LOSS_REDIS_URL)
     try:
         await client.ping()
     except (OSError, aioredis.ConnectionError) as exc:
         missing_service(f"Redis not reachable at {LOSS_REDIS_URL}: {exc}")
+    return client
+
+
+async def established_deployment() -> tuple[aioredis.Redis, str]:
+    """A client of the loss-test Redis and a fresh prefix whose generation is old: no grace to wait at start."""
+    client = await loss_redis()
     prefix = f"mwl{uuid.uuid4().hex[:10]}"
     await client.hset(f"{prefix}:generation", mapping={"id": "before", "born_ms": 0})
     return client, prefix
@@ -105,13 +111,11 @@ async def assert_exact_and_clean(a: Harness, b: Harness, client: aioredis.Redis,
     assert totals.revenue_nusd == served * FEE_NUSD, (totals, served)
     assert await a.balance(wallet_id) == deposit_nusd - served * FEE_NUSD
     # No hold leaks: Redis holds nothing for the wallet, and its expiry index is empty.
-    holds = a.state.holds
-    assert isinstance(holds, RedisHolds)
+    holds = redis_holds_of(a)
     assert await raw_held(client, holds, wallet_id) == (0, 0)
     assert await client.zcard(holds.expiry_index_key) == 0
     for harness in (a, b):
-        harness_holds = harness.state.holds
-        assert isinstance(harness_holds, RedisHolds) and harness_holds.open_hold_count == 0
+        assert redis_holds_of(harness).open_hold_count == 0
 
 
 async def test_flushdb_under_load_overspends_nothing(fake_upstream: str) -> None:
@@ -119,13 +123,10 @@ async def test_flushdb_under_load_overspends_nothing(fake_upstream: str) -> None
     both must be refused until those requests settle. Before the fix the rebuilt mirror knew no
     holds and the second wave was served too (the wallet paid for 2x its balance)."""
     async with two_gateways(fake_upstream) as (a, b, client):
-        wallet_id, secret = await a.funded_key("0.06")
-        deposit = parse_usd("0.06")
+        wallet_id, secret, deposit = await funded(a, "0.06")
         gateways = (a, b)
-        first = [asyncio.ensure_future(call(gateways[i % 2], secret, 3000)) for i in range(12)]
-        holds = a.state.holds
-        assert isinstance(holds, RedisHolds)
-        await wait_for(lambda: _held_count_is(client, holds, wallet_id, 6))
+        holds = redis_holds_of(a)
+        first = await held_in_flight(client, holds, wallet_id, [call(gateways[i % 2], secret, 3000) for i in range(12)], 6)
         await asyncio.sleep(0.3)  # the refused half of the first wave is answered
         await client.flushdb()  # as a Redis restart without persistence would
         # The second wave, on both gateways, while the first is still running upstream.
@@ -140,8 +141,7 @@ async def test_flushdb_under_load_overspends_nothing(fake_upstream: str) -> None
 async def test_continuous_load_with_repeated_flushes_overspends_nothing(fake_upstream: str) -> None:
     """Many clients keep both gateways busy with slow calls; Redis is flushed twice mid-flight."""
     async with two_gateways(fake_upstream) as (a, b, client):
-        wallet_id, secret = await a.funded_key("0.2")
-        deposit = parse_usd("0.2")
+        wallet_id, secret, deposit = await funded(a, "0.2")
         gateways = (a, b)
         stop = asyncio.Event()
 
@@ -167,12 +167,9 @@ async def test_an_idle_gateway_re_registers_its_holds_from_the_heartbeat(fake_up
     """Only the generation key and the wallet's keys vanish, while gateway B reserves nothing:
     its heartbeat notices and re-registers its in-flight holds, so A cannot spend them again."""
     async with two_gateways(fake_upstream) as (a, b, client):
-        wallet_id, secret = await a.funded_key("0.04")
-        deposit = parse_usd("0.04")
-        holds_b = b.state.holds
-        assert isinstance(holds_b, RedisHolds)
-        in_flight = [asyncio.ensure_future(call(b, secret, 2500)) for _ in range(4)]
-        await wait_for(lambda: _held_count_is(client, holds_b, wallet_id, 4))
+        wallet_id, secret, deposit = await funded(a, "0.04")
+        holds_b = redis_holds_of(b)
+        in_flight = await held_in_flight(client, holds_b, wallet_id, [call(b, secret, 2500) for _ in range(4)], 4)
         before = await client.hget(holds_b.generation_key, "id")
         # The generation and the wallet's mirror, holds and expiry index vanish; nothing else.
         await client.delete(holds_b.generation_key, *holds_b.wallet_keys(wallet_id), holds_b.expiry_index_key)
@@ -191,12 +188,9 @@ async def test_settling_holds_the_loss_removed_leaves_held_at_zero(fake_upstream
     """Settlements of holds Redis no longer has neither drive held negative nor leave holds behind,
     and the mirror is rebuilt from the settled (balance, version)."""
     async with two_gateways(fake_upstream) as (a, b, client):
-        wallet_id, secret = await a.funded_key("0.05")
-        deposit = parse_usd("0.05")
-        holds = a.state.holds
-        assert isinstance(holds, RedisHolds)
-        in_flight = [asyncio.ensure_future(call(a, secret, 800)) for _ in range(3)]
-        await wait_for(lambda: _held_count_is(client, holds, wallet_id, 3))
+        wallet_id, secret, deposit = await funded(a, "0.05")
+        holds = redis_holds_of(a)
+        in_flight = await held_in_flight(client, holds, wallet_id, [call(a, secret, 800) for _ in range(3)], 3)
         await client.flushdb()
         # Nobody reserves: the requests finish and settle into an empty Redis (or after the heartbeat
         # re-registered them); either way held ends at 0 and the mirror matches the book.
@@ -206,6 +200,26 @@ async def test_settling_holds_the_loss_removed_leaves_held_at_zero(fake_upstream
         assert mirror is None or (mirror.balance_nusd, mirror.held_nusd) == (deposit - 3 * FEE_NUSD, 0)
 
 
+def redis_holds_of(harness: Harness) -> RedisHolds:
+    holds = harness.state.holds
+    assert isinstance(holds, RedisHolds)
+    return holds
+
+
+async def funded(harness: Harness, usd: str) -> tuple[str, str, int]:
+    """A wallet holding `usd`, a key on it, and the deposit in nUSD."""
+    wallet_id, secret = await harness.funded_key(usd)
+    return wallet_id, secret, parse_usd(usd)
+
+
+async def held_in_flight(client: aioredis.Redis, holds: RedisHolds, wallet_id: str,
+                         calls: list[Coroutine[Any, Any, bool]], held: int) -> list[asyncio.Future[bool]]:
+    """Start the calls; return them once Redis holds `held` of them for the wallet."""
+    started = [asyncio.ensure_future(c) for c in calls]
+    await wait_for(lambda: _held_count_is(client, holds, wallet_id, held))
+    return started
+
+
 async def _held_count_is(client: aioredis.Redis, holds: RedisHolds, wallet_id: str, count: int) -> bool:
     return (await raw_held(client, holds, wallet_id))[1] == count
 
@@ -213,11 +227,7 @@ async def _held_count_is(client: aioredis.Redis, holds: RedisHolds, wallet_id: s
 async def test_the_store_re_registers_only_open_holds_with_their_remaining_ttl() -> None:
     """RedisHolds alone: after a FLUSHDB, settled/released/expired holds stay gone, open ones come
     back (without a mirror: the next reserve re-reads the book), and a reserve waits out the grace."""
-    client = aioredis.from_url(LOSS_REDIS_URL)
-    try:
-        await client.ping()
-    except (OSError, aioredis.ConnectionError) as exc:
-        missing_service(f"Redis not reachable at {LOSS_REDIS_URL}: {exc}")
+    client = await loss_redis()
     store = RedisHolds(client, prefix=f"mwl{uuid.uuid4().hex[:10]}", grace_s=0.4, timeout_s=1.0)
     try:
         await store.sync("w", 1_000, 1)
