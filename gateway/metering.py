@@ -88,3 +88,38 @@ def capped(price: ModelPrice, usage: TokenUsage, source: str, tokens_max: int) -
     if bounded == usage and cost <= AMOUNT_NUSD_MAX:
         return Metered(usage, source, cost)
     return Metered(bounded, source + CAPPED_SUFFIX, min(cost, AMOUNT_NUSD_MAX), capped_from=usage)
+
+
+def completion_texts(choices: Any, part: str) -> list[str]:
+    """The text a completion wrote, to count when the upstream reports no usage.
+
+    `part` is "message" (a whole answer) or "delta" (a stream chunk): a delta
+    carries the same fields as a message. Content, refusals and tool calls
+    (names and arguments, legacy function_call too) all count; so does a
+    legacy completion's `text`.
+    """
+    texts: list[str] = []
+    for choice in choices if isinstance(choices, list) else []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get(part)
+        if isinstance(message, dict):
+            texts.extend(_message_texts(message))
+        if isinstance(choice.get("text"), str):
+            texts.append(choice["text"])
+    return [text for text in texts if text]
+
+
+def _message_texts(message: dict[str, Any]) -> list[str]:
+    texts = [message[field] for field in ("content", "refusal") if isinstance(message.get(field), str)]
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        texts.extend(_function_texts(call.get("function") if isinstance(call, dict) else None))
+    texts.extend(_function_texts(message.get("function_call")))
+    return texts
+
+
+def _function_texts(function: Any) -> list[str]:
+    if not isinstance(function, dict):
+        return []
+    return [function[field] for field in ("name", "arguments") if isinstance(function.get(field), str)]

@@ -32,7 +32,7 @@ from gateway.calls import (
 )
 from gateway.errors import ApiError
 from gateway.estimate import media_bound, output_tokens_max, rates_of, tight_prompt_tokens, worst_case_nusd
-from gateway.metering import meter, usage_from_body
+from gateway.metering import completion_texts, meter, usage_from_body
 from gateway.operations import REQUEST_ID_PREFIX
 from gateway.state import STATE, GatewayState
 from gateway.streaming import relay
@@ -226,26 +226,4 @@ def _completion_tokens_of_body(call: Call, data: dict[str, Any] | None) -> int:
     """The completion's tokens when the upstream reported none: text, refusals and tool calls alike."""
     if not data or call.endpoint == "embedding":
         return 0
-    texts: list[str] = []
-    for choice in data.get("choices") or []:
-        if isinstance(choice, dict):
-            message = choice.get("message")
-            texts.extend(_message_texts(message) if isinstance(message, dict) else [])
-            if isinstance(choice.get("text"), str):
-                texts.append(choice["text"])
-    return sum(tokens.count_text(text, call.route.encoding.name) for text in texts)
-
-
-def _message_texts(message: dict[str, Any]) -> list[str]:
-    texts = [message[field] for field in ("content", "refusal") if isinstance(message.get(field), str)]
-    calls = message.get("tool_calls")
-    for function in [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []:
-        texts.extend(_function_texts(function))
-    texts.extend(_function_texts(message.get("function_call")))
-    return texts
-
-
-def _function_texts(function: Any) -> list[str]:
-    if not isinstance(function, dict):
-        return []
-    return [function[field] for field in ("name", "arguments") if isinstance(function.get(field), str)]
+    return sum(tokens.count_text(text, call.route.encoding.name) for text in completion_texts(data.get("choices"), "message"))

@@ -35,7 +35,7 @@ from gateway.calls import (
     upstream_url,
     usage_record,
 )
-from gateway.metering import meter, usage_from_body
+from gateway.metering import completion_texts, meter, usage_from_body
 from gateway.state import GatewayState
 from ledger.money import format_usd
 
@@ -91,7 +91,7 @@ class StreamTracker:
         if usage is not None and not choices:
             self.usage_event = chunk
             return EventKind.USAGE
-        self._pending_text = _texts(choices)
+        self._pending_text = completion_texts(choices, "delta")
         return EventKind.FORWARD
 
     def relayed(self) -> None:
@@ -105,22 +105,6 @@ def _data_of(event: bytes) -> bytes | None:
         if line.startswith(b"data:"):
             return line[5:].strip()
     return None
-
-
-def _texts(choices: Any) -> list[str]:
-    found = []
-    for choice in choices if isinstance(choices, list) else []:
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-        content = delta.get("content") if delta else choice.get("text")
-        if isinstance(content, str) and content:
-            found.append(content)
-        for call in delta.get("tool_calls") or [] if delta else []:
-            arguments = call.get("function", {}).get("arguments") if isinstance(call, dict) else None
-            if isinstance(arguments, str) and arguments:
-                found.append(arguments)
-    return found
 
 
 async def sse_events(content: aiohttp.StreamReader, event_bytes_max: int) -> AsyncIterator[bytes]:

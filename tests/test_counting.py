@@ -280,8 +280,9 @@ async def raw_stream(gw, body: dict[str, Any], key: str) -> tuple[int, dict[str,
 
 
 def test_a_completion_without_usage_counts_its_tool_calls_and_refusal() -> None:
-    """The no-usage fallback bills what the model wrote, tool calls included, not just `content`."""
-    from gateway.proxy import _message_texts
+    """The no-usage fallback bills what the model wrote, tool calls included, not just `content`,
+    in a whole answer and in a stream's deltas alike."""
+    from gateway.metering import completion_texts
 
     message = {
         "role": "assistant", "content": None, "refusal": "I can't help with that.",
@@ -289,6 +290,10 @@ def test_a_completion_without_usage_counts_its_tool_calls_and_refusal() -> None:
                         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}],
         "function_call": {"name": "legacy", "arguments": "{}"},
     }
-    assert _message_texts(message) == [
-        "I can't help with that.", "get_weather", '{"city": "Paris", "unit": "celsius"}', "legacy", "{}"]
-    assert _message_texts({"role": "assistant", "content": "hi", "tool_calls": "junk"}) == ["hi"]
+    expected = ["I can't help with that.", "get_weather", '{"city": "Paris", "unit": "celsius"}', "legacy", "{}"]
+    assert completion_texts([{"index": 0, "message": message}], "message") == expected
+    assert completion_texts([{"index": 0, "delta": message}], "delta") == expected
+    assert completion_texts([{"message": {"role": "assistant", "content": "hi", "tool_calls": "junk"}}], "message") == ["hi"]
+    # Malformed chunks count what they can and never raise.
+    assert completion_texts([{"delta": {"tool_calls": [{"function": None}, "x"]}}, None, {"text": "ok"}], "delta") == ["ok"]
+    assert completion_texts("junk", "delta") == []
