@@ -18,7 +18,6 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.billing import Hold
-from gateway.estimate import rates_of
 from gateway.metering import Metered, count_prompt
 from gateway.settlement import SettlementUnavailable
 from gateway.state import GatewayState, Route
@@ -140,4 +139,4 @@ def passthrough_error(state: GatewayState, call: Call, status: int, raw: bytes, 
 
 
 def prompt_tokens(call: Call) -> int:
-    return count_prompt(call.endpoint, call.payload, call.route.encoding, rates_of(call.route.model_name, call.route.model))
+    return count_prompt(call.endpoint, call.payload, call.route.encoding, call.route.rates)

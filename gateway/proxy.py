@@ -31,7 +31,7 @@ from gateway.calls import (
     usage_record,
 )
 from gateway.errors import ApiError
-from gateway.estimate import media_bound, output_tokens_max, rates_of, tight_prompt_tokens, worst_case_nusd
+from gateway.estimate import media_bound, output_tokens_max, tight_prompt_tokens, worst_case_nusd
 from gateway.metering import completion_texts, meter, usage_from_body
 from gateway.operations import REQUEST_ID_PREFIX
 from gateway.state import STATE, GatewayState
@@ -149,7 +149,7 @@ async def _reserve(state: GatewayState, call: Call) -> Hold | ApiError:
         return output_max
     # len(body) bounds the text's tokens for free; images and audio at their most
     # (gateway/estimate.py). Tokenize only if that is too coarse for the wallet.
-    rates = rates_of(call.route.model_name, call.route.model)
+    rates = call.route.rates
     media = media_bound(call.endpoint, call.payload, rates)
     amount = worst_case_nusd(call.route.price, len(call.body) + media.most, output_max)
     held = await _hold(state, call, amount)

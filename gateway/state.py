@@ -11,6 +11,8 @@ from config.pricing import ModelPrice
 from config.settings import ModelConfig, Provider, Settings
 from gateway.auth import KeyCache
 from gateway.billing import Billing
+from gateway.estimate import rates_of
+from gateway.media import MediaRates
 from gateway.metrics import Metrics
 from gateway.settlement import Settler
 from gateway.tokens import EncodingChoice, encoding_for
@@ -29,6 +31,7 @@ class Route:
     provider: Provider
     api_key: str | None
     encoding: EncodingChoice  # what this model's tokens are counted with
+    rates: MediaRates  # what its images, audio and files cost in tokens
     # Built once: the headers of every request sent upstream for this model.
     headers_json: dict[str, str]
     headers_stream: dict[str, str]
@@ -61,6 +64,7 @@ def build_routes(settings: Settings) -> dict[str, Route]:
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         routes[name] = Route(
             name, model, model.price(), provider_name, provider, api_key, encoding_for(name, model.encoding),
+            rates_of(name, model),
             headers_json={"Content-Type": "application/json", "Accept": "application/json", **auth},
             headers_stream={"Content-Type": "application/json", "Accept": "text/event-stream", **auth},
         )
