@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import math
 import struct
+import wave
 from dataclasses import dataclass
 
 TILE_PX = 512
@@ -194,22 +196,15 @@ def audio_tokens(data: object, audio_format: object, rates: MediaRates) -> int:
 
 
 def _wav_seconds(data: str) -> float | None:
+    """A PCM wav's duration, read by the standard library's wave module from the header alone."""
     try:
         head = base64.b64decode(data[:WAV_HEADER_BYTES // 3 * 4], validate=False)
-    except (binascii.Error, ValueError):
+        with wave.open(io.BytesIO(head)) as clip:
+            frames, rate, frame_bytes = clip.getnframes(), clip.getframerate(), clip.getnchannels() * clip.getsampwidth()
+    except (binascii.Error, ValueError, EOFError, wave.Error):
+        return None  # not a wav wave reads (or not PCM): the size bound applies
+    if rate <= 0 or frame_bytes <= 0:
         return None
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    i, byte_rate = 12, 0
-    while i + 8 <= len(head):
-        chunk, size = head[i:i + 4], int.from_bytes(head[i + 4:i + 8], "little")
-        if chunk == b"fmt " and i + 20 <= len(head):
-            byte_rate = int.from_bytes(head[i + 16:i + 20], "little")
-        elif chunk == b"data":
-            if byte_rate <= 0:
-                return None
-            # The data actually sent, not the size the header claims.
-            data_bytes = min(size, base64_decoded_bytes(data) - (i + 8))
-            return max(data_bytes, 0) / byte_rate
-        i += 8 + size + (size & 1)
-    return None
+    # The data actually sent bounds it too, not only the size the header claims.
+    seconds: float = min(frames, base64_decoded_bytes(data) // frame_bytes) / rate
+    return seconds

@@ -225,6 +225,13 @@ def test_audio_costs_its_duration_or_its_size_bound() -> None:
     assert media.audio_tokens(base64.b64encode(wav(3)).decode(), "wav", rates) == 30
     mp3 = base64.b64encode(bytes(5000)).decode()  # no duration to read: 5000 B at 1000 B/s at most
     assert media.audio_tokens(mp3, "mp3", rates) == 5 * 10
+    # A wav cut short is billed for what was sent, not for the length its header claims:
+    # 1 s of 16-bit mono at 8 kHz (16,000 B) of a clip whose header says 3 s.
+    cut = wav(3)[:44 + 16_000]
+    assert media.audio_tokens(base64.b64encode(cut).decode(), "wav", rates) == 11  # ceil(16,044 B / 16,000 B/s x 10)
+    # Something that only says it is a wav: the size bound.
+    fake = base64.b64encode(b"RIFF" + bytes(4996)).decode()
+    assert media.audio_tokens(fake, "wav", rates) == 5 * 10
 
 
 def test_a_file_part_costs_the_models_file_bound() -> None:
