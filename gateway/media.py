@@ -9,10 +9,11 @@ whose size we cannot know (one given by URL) or cannot read.
 
 An image given inline (a `data:` URL) has its size read from its header only
 (PNG, GIF, WEBP, JPEG: the formats OpenAI accepts), from at most
-IMAGE_HEADER_BYTES_MAX decoded bytes: no decoding of pixels, no dependency.
+IMAGE_HEADER_BYTES_MAX decoded bytes, by Pillow, which opens an image lazily:
+it reads the header and decodes no pixels.
 
 Audio (`input_audio`, base64 wav or mp3) costs its duration times the model's
-tokens per second. A wav header gives the duration; otherwise the duration is
+tokens per second. A wav header (read by the standard library's wave module) gives the duration; otherwise the duration is
 bounded by the byte size at the lowest bit rate the formats allow
 (audio_bytes_per_second_min, 1000 B/s = MP3's lowest rate, 8 kbit/s).
 
@@ -26,9 +27,10 @@ import base64
 import binascii
 import io
 import math
-import struct
 import wave
 from dataclasses import dataclass
+
+from PIL import Image
 
 TILE_PX = 512
 FIT_PX = 2048
@@ -36,6 +38,7 @@ SHORT_SIDE_PX = 768
 TILES_MAX = 8  # 768 x 2048 after scaling: 2 x 4 tiles
 # Enough decoded bytes to reach a JPEG's frame header past typical EXIF data.
 IMAGE_HEADER_BYTES_MAX = 64 * 1024
+IMAGE_FORMATS = ("PNG", "GIF", "WEBP", "JPEG")
 WAV_HEADER_BYTES = 64 * 1024
 
 # (model name prefix, base tokens, tile tokens), first match wins; OpenAI's
@@ -129,47 +132,12 @@ def data_url_image_size(url: str) -> tuple[int, int] | None:
 
 def image_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) from an image's first bytes: PNG, GIF, WEBP or JPEG; else None."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
-        return struct.unpack(">II", head[16:24])
-    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
-        return struct.unpack("<HH", head[6:10])
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
-        return _webp_size(head)
-    if head[:2] == b"\xff\xd8":
-        return _jpeg_size(head)
-    return None
-
-
-def _webp_size(head: bytes) -> tuple[int, int] | None:
-    chunk = head[12:16]
-    if chunk == b"VP8X":
-        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
-    if chunk == b"VP8 ":
-        w, h = struct.unpack("<HH", head[26:30])
-        return w & 0x3FFF, h & 0x3FFF
-    if chunk == b"VP8L" and len(head) >= 25:
-        bits = int.from_bytes(head[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    return None
-
-
-_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg_size(head: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 <= len(head):
-        if head[i] != 0xFF:
-            return None
-        marker = head[i + 1]
-        if marker in _JPEG_FRAMES:
-            h, w = struct.unpack(">HH", head[i + 5:i + 9])
-            return w, h
-        if marker == 0xFF:
-            i += 1
-            continue
-        i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
-    return None
+    try:
+        with Image.open(io.BytesIO(head), formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - whatever Pillow makes of an unreadable header, the worst case applies
+        return None
+    return width, height
 
 
 def base64_decoded_bytes(data: str) -> int:
