@@ -305,7 +305,7 @@ async def _gateway_view(settings: Settings, wallet_id: str) -> tuple[str, dict[s
 
 
 async def _journal_replay(ops: Any, settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.settlement import settler_for
+    from gateway.money.settlement import settler_for
 
     report = await settler_for(ops.book, ops.holds, settings).replay_journal()
     print(f"journal {settings.journal_path}: {report.summary()}")
@@ -380,7 +380,7 @@ def startup_summary(settings: Settings, config_path: str | None) -> list[str]:
 
 def _run_worker(settings: Settings, reuse_port: bool, log_level: str = "info") -> None:
     from gateway import logs
-    from gateway.app import create_app
+    from gateway.http.app import create_app
 
     # Here too: a spawned worker starts with no logging configured.
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")

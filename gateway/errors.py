@@ -1,17 +1,15 @@
-"""Errors the client sees, in OpenAI's shape: {"error": {message, type, param, code}}.
+"""Errors the client sees, as values: a status, a message, a type, a code, a param.
 
-An ApiError is a value: functions on the request path return it, and the
-handler turns it into a response. The status decides whether the OpenAI SDK
-retries; `x-should-retry: false` stops it where retrying cannot help.
+An ApiError is a value: functions on the request path return it, and the HTTP
+layer (gateway/http/responses.py) turns it into a response, in the shape of
+the client's wire protocol (gateway/dialects/). The status decides whether the
+OpenAI SDK retries; `x-should-retry: false` stops it where retrying cannot help.
+This module knows no web framework, so every layer may use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import orjson
-from aiohttp import web
 
 
 @dataclass(frozen=True)
@@ -23,12 +21,6 @@ class ApiError:
     param: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
-    def response(self, request_id: str | None = None) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        headers = dict(self.headers)
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        return web.Response(status=self.status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -85,18 +77,3 @@ def invalid_metrics_token() -> ApiError:
 def not_found(message: str) -> ApiError:
     return ApiError(404, message, "invalid_request_error", "not_found")
 
-
-# Set on a request by a handler that starts its response early (a stream):
-# after that an error can only close the connection, not answer. Set where
-# the stream starts, not by an on_response_prepare signal, which would cost
-# every request a coroutine call. (web.RequestKey exists from aiohttp 3.13 on.)
-RESPONSE_STARTED: Any = (web.RequestKey("mw_response_started", bool) if hasattr(web, "RequestKey")
-                         else "mw_response_started")
-
-
-def mark_response_started(request: web.Request) -> None:
-    request[RESPONSE_STARTED] = True
-
-
-def response_started(request: web.Request) -> bool:
-    return bool(request.get(RESPONSE_STARTED))

@@ -15,7 +15,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from gateway.keys import NewKey, generate_key
+from gateway.money.keys import NewKey, generate_key
 from ledger.book import (
     FUNDING_ACCOUNT,
     SYSTEM_ACCOUNTS,

@@ -23,8 +23,8 @@ import pytest
 import tiktoken
 
 from config.pricing import TokenUsage, cost_nusd
-from gateway import media, tokens
-from gateway.metering import count_prompt
+from gateway.dialects.openai_prompt import count_prompt
+from gateway.metering import media, tokens
 from ledger.book import check_invariants
 
 MINI = "gpt-4o-mini"  # an o200k model, counted with cl100k (gateway/tokens.py)
@@ -297,7 +297,7 @@ async def raw_stream(gw, body: dict[str, Any], key: str) -> tuple[int, dict[str,
 def test_a_completion_without_usage_counts_its_tool_calls_and_refusal() -> None:
     """The no-usage fallback bills what the model wrote, tool calls included, not just `content`,
     in a whole answer and in a stream's deltas alike."""
-    from gateway.metering import completion_texts
+    from gateway.dialects.openai import completion_texts
 
     message = {
         "role": "assistant", "content": None, "refusal": "I can't help with that.",

@@ -352,7 +352,7 @@ async def test_an_unexpected_error_after_the_hold_releases_it(gw, monkeypatch) -
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in metering")
 
-    monkeypatch.setattr("gateway.proxy.usage_from_body", broken)
+    monkeypatch.setattr("gateway.dialects.openai.usage_from_body", broken)
     with pytest.raises(openai.InternalServerError):
         await gw.client(key).chat.completions.create(model=MINI, messages=user("x"))
     holds = await gw.state.holds.wallet(wallet)

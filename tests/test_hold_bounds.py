@@ -15,9 +15,10 @@ import json
 from typing import Any
 
 from config.settings import ModelConfig
-from gateway import media, tokens
+from gateway.dialects.openai_prompt import media_bound, output_tokens_max, tight_prompt_tokens
 from gateway.errors import ApiError
-from gateway.estimate import media_bound, output_tokens_max, rates_of, tight_prompt_tokens
+from gateway.metering import media, tokens
+from gateway.metering.metering import rates_of
 from ledger.book import check_invariants
 from ledger.money import parse_usd
 

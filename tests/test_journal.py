@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.journal import Journal
+from gateway.money.journal import Journal
 from ledger.book import UsageRecord
 
 RECORD = UsageRecord(

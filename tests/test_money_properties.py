@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.billing import Billing, Hold, Shortage
+from gateway.money.billing import Billing, Hold, Refusal, Refused
+from gateway.money.settlement import SettleLimits, Settler
+from gateway.money.sweeper import sweep_once
 from gateway.operations import Operations
-from gateway.settlement import SettleLimits, Settler
-from gateway.sweeper import sweep_once
 from ledger.book import Book, UsageRecord, check_invariants
 from ledger.holds import HoldStore, InProcessHolds
 from tests.conftest import REDIS_TEST_URL, pg_schema
@@ -127,19 +127,20 @@ async def apply(step, ops, billing, book, holds, clock, model: Model, live: list
             live.append(result)
             model.open_holds[request_id] = (target, amount)
         else:
-            assert isinstance(result, Shortage) and result.available_nusd == max(available, 0), (result, available)
+            assert isinstance(result, Refused) and result.reason is Refusal.INSUFFICIENT_FUNDS, result
+            assert result.available_nusd == max(available, 0), (result, available)
     elif live:
         hold = live.pop(target % len(live))
         if kind == "settle":
             cost = hold.amount_nusd * amount // 100
-            result = await billing.settle(hold, record(hold, cost))
+            result = await hold.charge(record(hold, cost))
             charged = min(cost, model.balance[hold.wallet_id])
             assert (result.charged_nusd, result.shortfall_nusd) == (charged, cost - charged)
             model.balance[hold.wallet_id] -= charged
             model.charged += charged
             model.shortfall += cost - charged
         elif kind == "release":
-            await billing.release(hold)
+            await hold.release()
         else:
             # Nobody settles it: once its time passes, the sweeper must release it.
             if isinstance(holds, InProcessHolds):
@@ -151,7 +152,7 @@ async def apply(step, ops, billing, book, holds, clock, model: Model, live: list
                     del model.open_holds[other.request_id]
                 live.clear()
             else:
-                await billing.release(hold)  # Redis's clock is real; its expiry has its own tests
+                await hold.release()  # Redis's clock is real; its expiry has its own tests
         del model.open_holds[hold.request_id]
 
 

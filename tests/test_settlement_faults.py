@@ -28,9 +28,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.app import create_app
 from gateway.backends import Stores, open_stores
-from gateway.journal import Journal
+from gateway.http.app import create_app
+from gateway.money.journal import Journal
 from ledger.book import SettleResult, UsageRecord
 from ledger.errors import LedgerFailure, LedgerUnavailable
 from ledger.money import parse_usd

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.metrics import Metrics
-from gateway.sweeper import sweep_forever
+from gateway.money.sweeper import sweep_forever
 from ledger.holds import ExpiredHold, InProcessHolds, ReserveStatus
 
 

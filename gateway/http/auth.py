@@ -16,7 +16,7 @@ from collections import OrderedDict
 from pydantic import SecretStr
 
 from gateway.errors import ApiError, invalid_api_key, service_unavailable
-from gateway.keys import hash_secret, looks_like_key
+from gateway.money.keys import hash_secret, looks_like_key
 from ledger.book import ApiKeyRecord, Book
 from ledger.errors import LedgerError
 

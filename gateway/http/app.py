@@ -1,0 +1,125 @@
+"""The aiohttp application: routes, and the resources opened for its lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from config.settings import Settings
+from gateway import errors
+from gateway.backends import Stores, open_stores
+from gateway.http import admin, models, readiness
+from gateway.http.auth import KeyCache, bearer_matches
+from gateway.http.proxy import ENDPOINTS, Proxy, new_request_id
+from gateway.http.responses import error_response, response_started
+from gateway.http.state import STATE, GatewayState
+from gateway.metering import tokens
+from gateway.metrics import Metrics
+from gateway.money.billing import Billing
+from gateway.money.calls import build_routes
+from gateway.money.hold_recovery import heartbeat_forever
+from gateway.money.replay import replay_at_start
+from gateway.money.settlement import settler_for
+from gateway.money.sweeper import sweep_forever
+from gateway.upstream import Upstream
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, stores: Stores | None = None) -> web.Application:
+    """stores=None: open them from settings (and close them) with the app."""
+    app = web.Application(client_max_size=settings.limits.body_bytes_max, middlewares=[_errors_middleware])
+    app.cleanup_ctx.append(_lifetime(settings, stores))
+    for path in ENDPOINTS:
+        app.router.add_post(path, _proxy)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
+    app.router.add_get("/v1/usage/{request_id}", models.get_usage)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readiness.readyz)
+    if settings.admin_token is not None:
+        admin.add_routes(app)  # no admin token: /admin/* does not exist (404), rather than a door to guess at
+    return app
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    return await request.app[STATE].proxy.handle(request)
+
+
+def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        stores = given or await open_stores(settings)
+        limits = settings.limits
+        settler = settler_for(stores.book, stores.holds, settings)
+        # Settlements journaled at the last shutdown are committed before serving.
+        await replay_at_start(settler.replayer())
+        upstream = Upstream.open(limits)
+        metrics = Metrics.create()
+        routes = build_routes(settings)
+        await asyncio.get_running_loop().run_in_executor(
+            None, tokens.warm_up, {r.encoding.name for r in routes.values()})
+        keys = KeyCache(stores.book, limits.key_cache_ttl_s, limits.key_cache_entries_max)
+        billing = Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s)
+        app[STATE] = GatewayState(
+            settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
+            metrics=metrics, routes=routes, proxy=Proxy(keys, routes, billing, upstream, metrics, limits),
+        )
+        settler.start()
+        sweeper = asyncio.create_task(sweep_forever(
+            stores.book, stores.holds, limits.expiry_sweep_interval_s, limits.expiry_sweep_batch_max, metrics))
+        # Redis may lose its data while this process has holds in flight: notice it even when idle.
+        heartbeat = asyncio.create_task(heartbeat_forever(stores.holds, limits.redis_heartbeat_interval_s))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            heartbeat.cancel()
+            await asyncio.gather(sweeper, heartbeat, return_exceptions=True)
+            await settler.close()
+            await upstream.close()
+            if given is None:
+                await stores.close()
+
+    return lifetime
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (404 route, 405, 413) in OpenAI's shape, and a JSON 500 for any bug.
+
+    The 500 names a request id that is also in the log line with the
+    traceback, and says nothing else: exception text can hold internals.
+    """
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(errors.body_too_large(request.app[STATE].settings.limits.body_bytes_max))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        return error_response(errors.ApiError(exc.status, exc.reason, kind, exc.reason.lower().replace(" ", "_")))
+    except Exception:
+        if response_started(request) or request.transport is None or request.transport.is_closing():
+            raise  # headers already sent, or the client is gone: aiohttp can only close the connection
+        request_id = new_request_id()
+        log.exception("unexpected error in %s %r (request id %s)", request.method, request.path, request_id)
+        return error_response(errors.internal_error(request_id), request_id)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.settings.metrics_token is not None and not bearer_matches(
+            request.headers.get("Authorization"), state.settings.metrics_token):
+        return error_response(errors.invalid_metrics_token())
+    body = state.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})

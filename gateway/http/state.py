@@ -1,0 +1,37 @@
+"""What the app holds for its lifetime, built once in gateway/http/app.py.
+
+Handlers take what they need from it; the layers below are handed narrow
+collaborators (a Book, a HoldStore, a Billing), never this bag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from config.settings import Settings
+from gateway.http.auth import KeyCache
+from gateway.http.proxy import Proxy
+from gateway.metrics import Metrics
+from gateway.money.calls import Route
+from gateway.money.settlement import Settler
+from gateway.upstream import Upstream
+from ledger.book import Book
+from ledger.holds import HoldStore
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    settings: Settings
+    book: Book
+    holds: HoldStore
+    settler: Settler
+    keys: KeyCache
+    upstream: Upstream
+    metrics: Metrics
+    routes: dict[str, Route]
+    proxy: Proxy
+
+
+STATE = web.AppKey("meterway_state", GatewayState)

@@ -1,0 +1,189 @@
+"""A request's money: hold its worst case, then exactly one of charge or release.
+
+    held = await billing.hold(call, estimate)     # a Hold, or Refused with a reason
+    async with held as hold:                      # the one exit of the request's money
+        ...
+        await hold.charge(record)                 # settled once; else released on the way out
+
+A Hold is closed exactly once. charge() hands the record to the Settler
+synchronously (no cancellation can come between) and waits shielded, so a
+client that disconnects or a server that shuts down cannot leave a settlement
+half-done. Leaving the `async with` without a charge, by any exception or a
+cancellation, releases the hold, shielded too. Nothing here knows HTTP: the
+HTTP layer maps a Refused reason to a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from gateway.metering.metering import Estimate
+from gateway.money.calls import Call
+from gateway.money.settlement import SettlementUnavailable, Settler
+from ledger.book import Book, SettleResult, UsageRecord
+from ledger.errors import LedgerUnavailable
+from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
+
+# Bounds the memory of when each wallet was last re-read from the book.
+REFRESH_ENTRIES_MAX = 100_000
+
+
+class HoldState(enum.Enum):
+    OPEN = "open"  # money is held; the request is in flight
+    SETTLED = "settled"  # handed to the Settler: committed, or kept until it can be
+    RELEASED = "released"  # nothing charged; the hold released
+
+
+class Refusal(enum.Enum):
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # the wallet cannot cover the worst case
+    SETTLEMENT_BACKLOG = "settlement_backlog"  # too many settlements wait for the ledger
+    HOLDS_UNAVAILABLE = "holds_unavailable"  # the hold store cannot be reached
+    LEDGER_UNAVAILABLE = "ledger_unavailable"  # the ledger cannot be reached
+
+
+@dataclass(frozen=True)
+class Refused:
+    """No hold was taken, so nothing will be charged."""
+
+    reason: Refusal
+    available_nusd: int = 0  # for INSUFFICIENT_FUNDS: what the wallet has free
+    needed_nusd: int = 0  # ... and what the request may cost
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """charge() handed the record over but it is not committed yet: show no cost.
+
+    The Settler keeps it (retried, or journaled) and commits it later.
+    """
+
+    reason: str
+
+
+class Hold:
+    """Money held for one request: an async context manager, closed exactly once."""
+
+    def __init__(self, billing: Billing, request_id: str, wallet_id: str, amount_nusd: int) -> None:
+        assert amount_nusd >= 0, amount_nusd
+        self._billing = billing
+        self.request_id = request_id
+        self.wallet_id = wallet_id
+        self.amount_nusd = amount_nusd
+        self._state = HoldState.OPEN
+
+    @property
+    def state(self) -> HoldState:
+        return self._state
+
+    async def __aenter__(self) -> Hold:
+        assert self._state is HoldState.OPEN, self
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        # Only an early return or an unexpected error gets here open: never leave money held by it.
+        await self.release()
+        assert self._state is not HoldState.OPEN, self
+
+    async def charge(self, record: UsageRecord) -> SettleResult | Unsettled:
+        assert self._state is HoldState.OPEN, self
+        assert record.request_id == self.request_id and record.wallet_id == self.wallet_id, (self, record)
+        assert record.held_nusd == self.amount_nusd, (self, record)
+        self._state = HoldState.SETTLED
+        # Once enqueued (synchronously, so no cancellation can come between),
+        # the Settler owns the record: committed, or journaled at shutdown.
+        future = self._billing.settler.enqueue(record)
+        try:
+            # Shielded: a cancelled caller stops waiting, never the settlement. The
+            # Settler fails the future with SettlementDelayed past settle_wait_max_s
+            # (the settlement goes on), so no waiter waits without a bound.
+            result = await asyncio.shield(future)
+        except SettlementUnavailable as exc:
+            return Unsettled(str(exc))
+        assert result.request_id == self.request_id, (self, result)
+        return result
+
+    async def release(self) -> None:
+        if self._state is not HoldState.OPEN:
+            return
+        self._state = HoldState.RELEASED
+        if self.amount_nusd == 0:
+            return  # a free call's hold never went to the hold store
+        try:
+            await asyncio.shield(self._billing.holds.release(self.wallet_id, self.request_id))
+        except HoldStoreUnavailable:
+            pass  # the hold expires by itself after limits.hold_ttl_s
+
+    def __repr__(self) -> str:
+        return f"Hold({self.request_id!r}, {self.wallet_id!r}, {self.amount_nusd}, {self._state.value})"
+
+
+class Billing:
+    def __init__(self, book: Book, holds: HoldStore, settler: Settler, hold_ttl_s: float,
+                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._book = book
+        self.holds = holds
+        self.settler = settler
+        self._hold_ttl_s = hold_ttl_s
+        self._refresh_interval_s = refresh_interval_s
+        self._clock = clock
+        self._refreshed_at: dict[str, float] = {}
+
+    async def hold(self, call: Call, estimate: Estimate) -> Hold | Refused:
+        """Hold the call's worst case; tokenize for a tighter one only if the wallet is short of it."""
+        wallet_id, request_id = call.key.wallet_id, call.request_id
+        held = await self.reserve(wallet_id, request_id, estimate.most_nusd)
+        # A refusal must stay cheap: when even the least this request can cost
+        # is more than the wallet has, refuse without tokenizing anything.
+        if (isinstance(held, Refused) and held.reason is Refusal.INSUFFICIENT_FUNDS
+                and estimate.least_nusd <= held.available_nusd):
+            # Bounded by limits.tokenize_bytes_max; off the loop all the same.
+            tight_nusd = await asyncio.get_running_loop().run_in_executor(None, estimate.tighten)
+            assert tight_nusd >= estimate.least_nusd, (tight_nusd, estimate)
+            if tight_nusd < estimate.most_nusd:
+                held = await self.reserve(wallet_id, request_id, tight_nusd)
+        return held
+
+    async def reserve(self, wallet_id: str, request_id: str, amount_nusd: int) -> Hold | Refused:
+        """Hold exactly amount_nusd (0: a free call, nothing to hold)."""
+        assert amount_nusd >= 0, amount_nusd
+        if amount_nusd == 0:
+            return Hold(self, request_id, wallet_id, 0)
+        if self.settler.full:
+            # The ledger is behind (or down): take no new work whose charge could not be kept.
+            return Refused(Refusal.SETTLEMENT_BACKLOG)
+        try:
+            result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
+            if result.status is ReserveStatus.WALLET_UNKNOWN or (
+                result.status is ReserveStatus.INSUFFICIENT and self._may_refresh(wallet_id)
+            ):
+                # Unknown to the mirror, or maybe topped up by another process
+                # (the CLI, an admin call elsewhere): ask the book, then retry once.
+                wallet = await self._book.wallet(wallet_id)
+                if wallet is None:
+                    return Refused(Refusal.INSUFFICIENT_FUNDS, 0, amount_nusd)
+                await self.holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+                result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
+        except HoldStoreUnavailable:
+            return Refused(Refusal.HOLDS_UNAVAILABLE)
+        except LedgerUnavailable:
+            return Refused(Refusal.LEDGER_UNAVAILABLE)
+        if result.status is ReserveStatus.RESERVED:
+            assert result.available_nusd >= 0, result
+            return Hold(self, request_id, wallet_id, amount_nusd)
+        return Refused(Refusal.INSUFFICIENT_FUNDS, max(result.available_nusd, 0), amount_nusd)
+
+    def _may_refresh(self, wallet_id: str) -> bool:
+        """At most one book read per wallet per refresh interval, so refusals stay cheap."""
+        now = self._clock()
+        if now - self._refreshed_at.get(wallet_id, float("-inf")) < self._refresh_interval_s:
+            return False
+        if len(self._refreshed_at) >= REFRESH_ENTRIES_MAX:
+            self._refreshed_at.clear()
+        self._refreshed_at[wallet_id] = now
+        return True

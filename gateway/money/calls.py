@@ -1,0 +1,96 @@
+"""What the money service bills: a call (a valid request on a route), and its usage record.
+
+A Route is resolved once at start for each configured model: where it goes,
+what it costs, how its tokens are counted. A Call is one request that passed
+every check and may be forwarded; its UsageRecord is what settles it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from config.pricing import ModelPrice
+from config.settings import ModelConfig, Provider, Settings
+from gateway.dialects.openai import UPSTREAM_PATHS, Request
+from gateway.metering.media import MediaRates
+from gateway.metering.metering import Metered, rates_of
+from gateway.metering.tokens import EncodingChoice, encoding_for
+from ledger.book import ApiKeyRecord, UsageRecord
+
+log = logging.getLogger("meterway.calls")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one model goes and what it costs; resolved once at start."""
+
+    model_name: str
+    model: ModelConfig
+    price: ModelPrice
+    provider_name: str
+    provider: Provider
+    api_key: str | None
+    encoding: EncodingChoice  # what this model's tokens are counted with
+    rates: MediaRates  # what its images, audio and files cost in tokens
+    # Built once: the headers of every request sent upstream for this model.
+    headers_json: dict[str, str]
+    headers_stream: dict[str, str]
+
+    def url(self, endpoint: str) -> str:
+        return self.provider.base_url + UPSTREAM_PATHS[endpoint]
+
+
+def build_routes(settings: Settings) -> dict[str, Route]:
+    routes = {}
+    for name, model in settings.models.items():
+        found = settings.provider_of(name)
+        assert found is not None, f"settings validation lets no model without a provider through: {name}"
+        provider_name, provider = found
+        api_key = provider.resolve_api_key()
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        routes[name] = Route(
+            name, model, model.price(), provider_name, provider, api_key, encoding_for(name, model.encoding),
+            rates_of(name, model),
+            headers_json={"Content-Type": "application/json", "Accept": "application/json", **auth},
+            headers_stream={"Content-Type": "application/json", "Accept": "text/event-stream", **auth},
+        )
+    return routes
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request that passed every check and may be forwarded."""
+
+    request_id: str
+    key: ApiKeyRecord
+    route: Route
+    request: Request
+    body: bytes
+    started: float  # time.perf_counter() when the request arrived
+
+    @property
+    def endpoint(self) -> str:
+        return self.request.endpoint
+
+
+def usage_record(call: Call, held_nusd: int, metered: Metered, status: str, upstream_s: float) -> UsageRecord:
+    usage, price = metered.usage, call.route.price
+    if metered.capped_from is not None:
+        given = metered.capped_from
+        # Loud on purpose: a provider bug or an attack; the row is flagged by its usage_source.
+        log.error("request %s: %s reported absurd usage (prompt_tokens=%d, cached_tokens=%d, completion_tokens=%d); "
+                  "recorded as %s with prompt_tokens=%d, completion_tokens=%d, cost %d nUSD (the wallet pays what it "
+                  "can, the rest is a shortfall)", call.request_id, call.route.model_name, given.prompt_tokens,
+                  given.cached_tokens, given.completion_tokens, metered.source, usage.prompt_tokens,
+                  usage.completion_tokens, metered.cost_nusd)
+    return UsageRecord(
+        request_id=call.request_id, key_id=call.key.key_id, wallet_id=call.key.wallet_id, bot=call.key.bot,
+        model=call.route.model_name, upstream=call.route.provider_name, endpoint=call.endpoint, status=status,
+        usage_source=metered.source, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
+        completion_tokens=usage.completion_tokens, input_per_1m_nusd=price.input_per_1m_nusd,
+        cached_input_per_1m_nusd=price.cached_input_per_1m_nusd, output_per_1m_nusd=price.output_per_1m_nusd,
+        per_call_nusd=price.per_call_nusd, cost_nusd=metered.cost_nusd, held_nusd=held_nusd,
+        latency_ms=(time.perf_counter() - call.started) * 1000, upstream_latency_ms=upstream_s * 1000,
+    )
