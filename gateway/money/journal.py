@@ -180,3 +180,18 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def keep_or_log(journal: Journal | None, records: Sequence[UsageRecord], reason: str) -> None:
+    """Append to the journal; if even that fails, the records go to the log in full (never silently lost)."""
+    try:
+        if journal is None:
+            raise OSError("no settle journal configured")
+        path = journal.append(records)
+        log.warning("%d settlements journaled to %s (%s); `meterway journal replay` or the next start commits them",
+                    len(records), path, reason)
+    except OSError:
+        log.critical("%d settlements could not be journaled (%s); their records follow", len(records), reason,
+                     exc_info=True)
+        for record in records:
+            log.critical("unjournaled settlement: %s", orjson.dumps(record.as_dict()).decode())

@@ -16,7 +16,7 @@ Once enqueued, a record is never dropped. It ends in exactly one of:
   traceback, the waiter hears SettlementFailed, the hold is released and the
   record is appended to the settle journal for replay once fixed);
 - at shutdown, after settle_shutdown_timeout_s, appended to the settle journal
-  (gateway/journal.py), which the next start or `meterway journal replay`
+  (gateway/money/journal.py), which the next start or `meterway journal replay`
   commits.
 
 The loop cannot die of a batch: every batch's errors are caught. If the task
@@ -32,10 +32,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-import orjson
-
 from config.settings import Settings
-from gateway.money.journal import Journal
+from gateway.money.journal import Journal, keep_or_log
 from gateway.money.replay import Replayer, ReplayReport, release_holds
 from ledger.book import Book, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
@@ -156,9 +154,6 @@ class Settler:
         self._idle.clear()
         self._wakeup.set()
         return future
-
-    async def settle(self, record: UsageRecord) -> SettleResult:
-        return await self.enqueue(record)
 
     async def drain(self) -> None:
         """Wait until every pending settlement is committed or journaled (shutdown, tests)."""
@@ -382,18 +377,8 @@ class Settler:
         await asyncio.get_running_loop().run_in_executor(None, self._journal_now, records, reason)
 
     def _journal_now(self, records: list[UsageRecord], reason: str) -> None:
-        """Append to the journal; if even that fails, the records go to the log in full (never silently lost)."""
-        try:
-            if self._journal is None:
-                raise OSError("no settle journal configured")
-            path = self._journal.append(records)
-            log.warning("%d settlements journaled to %s (%s); `meterway journal replay` or the next start commits them",
-                        len(records), path, reason)
-        except OSError:
-            log.critical("%d settlements could not be journaled (%s); their records follow", len(records), reason,
-                         exc_info=True)
-            for record in records:
-                log.critical("unjournaled settlement: %s", orjson.dumps(record.as_dict()).decode())
+        keep_or_log(self._journal, records, reason)
+
 
 def settler_for(book: Book, holds: HoldStore, settings: Settings) -> Settler:
     limits = settings.limits
