@@ -39,7 +39,7 @@ EXIT_CODES = f"""exit codes:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["fake-upstream"]:
-        from gateway.fake_upstream import main as fake_main
+        from fakes.openai import main as fake_main
 
         return fake_main(argv[1:])
     args = _parser().parse_args(argv)  # a bad argument: usage on stderr, exit 2

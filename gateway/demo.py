@@ -67,8 +67,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     # Imported here only: the fake provider is a test double, never part of `serve`.
+    from fakes.openai import FakeConfig, start_fake_upstream
     from gateway.backends import open_stores
-    from gateway.fake_upstream import FakeConfig, start_fake_upstream
     from gateway.http.app import create_app
     from gateway.operations import Operations
 

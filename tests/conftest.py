@@ -93,7 +93,7 @@ async def book(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Book]:
 
 @pytest.fixture
 async def fake_upstream() -> AsyncIterator[str]:
-    from gateway.fake_upstream import FakeConfig, start_fake_upstream
+    from fakes.openai import FakeConfig, start_fake_upstream
     from tests.gateway_harness import MODELS
 
     runner, base_url = await start_fake_upstream(FakeConfig(models=tuple(MODELS)))

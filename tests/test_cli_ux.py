@@ -189,7 +189,7 @@ def test_descriptions_never_show_a_password() -> None:
 
 
 async def test_embedded_wallet_show_asks_the_running_gateway_or_says_held_is_unknown(tmp_path: Path) -> None:
-    from gateway.fake_upstream import FakeConfig, start_fake_upstream
+    from fakes.openai import FakeConfig, start_fake_upstream
 
     runner, upstream = await start_fake_upstream(FakeConfig(models=tuple(MODELS), latency_ms=4000))
     port = free_port()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from gateway.fake_upstream import FakeConfig, start_fake_upstream
+from fakes.openai import FakeConfig, start_fake_upstream
 from tests.gateway_harness import MODELS
 
 MINI = "gpt-4o-mini"

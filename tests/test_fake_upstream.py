@@ -21,7 +21,7 @@ import orjson
 import pytest
 import tiktoken
 
-from gateway.fake_upstream import FakeConfig, build_fake_app, start_fake_upstream
+from fakes.openai import FakeConfig, build_fake_app, start_fake_upstream
 
 try:  # works whether or not tests/ is a package (has an __init__.py)
     from tests import openapi_schema
@@ -767,7 +767,7 @@ async def test_cli_serves(http: aiohttp.ClientSession) -> None:
         [
             sys.executable,
             "-m",
-            "gateway.fake_upstream",
+            "fakes.openai",
             "--port",
             str(port),
             "--api-key",

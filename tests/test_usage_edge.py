@@ -15,7 +15,7 @@ import pytest
 
 from config.pricing import TokenUsage, cost_nusd
 from config.settings import Settings
-from gateway.fake_upstream import FakeConfig, start_fake_upstream
+from fakes.openai import FakeConfig, start_fake_upstream
 from gateway.metering.metering import CAPPED_SUFFIX
 from ledger.book import check_invariants
 from ledger.money import AMOUNT_NUSD_MAX, parse_usd

@@ -899,7 +899,7 @@ async def start_fake_upstream(
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="meterway fake-upstream",
-        description="Run a fake OpenAI-compatible provider (see gateway/fake_upstream.py for FAKE: directives).",
+        description="Run a fake OpenAI-compatible provider (see fakes/openai/ for FAKE: directives).",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
