@@ -5,6 +5,14 @@ A wallet is an account whose balance may not go below zero. Money enters from
 when a request is settled, and any part of a request's cost that the wallet
 could not cover is recorded as a transfer from ``sys:shortfall``, never as a
 negative wallet. Every transfer id is an idempotency key.
+
+Kinds of accounts and transfers are data (mw_account_kinds, mw_transfer_kinds,
+migration 0002): the database is the authority on which exist, and a new kind is
+a one-row migration. Python names only the kinds it uses.
+
+A posting is several two-leg transfers sharing a posting id, written in one
+transaction, all or nothing (TigerBeetle's linked transfers): every row balances
+by construction, so every posting does too.
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ REVENUE_ACCOUNT = "sys:revenue"
 FUNDING_ACCOUNT = "sys:funding"
 SHORTFALL_ACCOUNT = "sys:shortfall"
 SYSTEM_ACCOUNTS = (REVENUE_ACCOUNT, FUNDING_ACCOUNT, SHORTFALL_ACCOUNT)
+WALLET_KIND = "wallet"  # an account kind (mw_account_kinds): may not go negative
+RECEIVABLE_KIND = "receivable"  # what a wallet owes after a reversal it could not pay
+RECEIVABLE_PREFIX = "recv:"  # recv:<wallet id>; ':' is not allowed in a wallet id, so no clash
+POSTING_LEGS_MAX = 16  # a posting is a handful of legs, never an unbounded batch
+PAYEES_MAX = 8  # who shares one request's cost (revenue, fees, creators)
 WALLET_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -32,6 +45,8 @@ class TransferKind(str, enum.Enum):
     ADJUSTMENT = "adjustment"  # an operator's manual credit or debit
     USAGE = "usage"  # a settled request
     SHORTFALL = "shortfall"  # the part of a request's cost no wallet paid
+    PAYMENT = "payment"  # a wallet pays others (a creator, a platform fee): a multi-leg posting
+    REVERSAL = "reversal"  # money taken back (refund, chargeback, reorg, clawback); the rest is owed
 
 
 class TransferOutcome(str, enum.Enum):
@@ -44,6 +59,7 @@ class SettleOutcome(str, enum.Enum):
     REPLAY = "replay"  # settled before with the same cost: the first result
     CONFLICT = "conflict"  # settled before with a different cost or wallet: nothing changed
     UNKNOWN_WALLET = "unknown_wallet"  # nothing written
+    UNKNOWN_PAYEE = "unknown_payee"  # a payee account does not exist (a pricing bug): nothing written
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,87 @@ class Transfer:
 class TransferRecord:
     transfer: Transfer
     created_at: str
+    posting_id: str | None = None  # the posting this transfer is a leg of
+
+
+@dataclass(frozen=True)
+class Leg:
+    debit_account: str
+    credit_account: str
+    amount_nusd: int
+
+
+@dataclass(frozen=True)
+class Posting:
+    """Several transfers, one atomic and idempotent unit: all legs or none.
+
+    Leg i is stored as transfer ``posting_id`` (i = 0) or ``posting_id:i``, so a
+    one-leg posting is exactly today's transfer; a retry with the same content
+    answers EXISTS, with different content IdempotencyConflict.
+    """
+
+    posting_id: str
+    kind: TransferKind
+    legs: tuple[Leg, ...]
+    memo: str | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.legs) <= POSTING_LEGS_MAX:
+            raise ValueError(f"a posting has 1 to {POSTING_LEGS_MAX} legs")
+        self.transfers()  # validates every leg (positive, two accounts)
+
+    def transfers(self) -> tuple[Transfer, ...]:
+        return tuple(
+            Transfer(leg_transfer_id(self.posting_id, index), leg.debit_account, leg.credit_account,
+                     leg.amount_nusd, self.kind, self.request_id, self.memo)
+            for index, leg in enumerate(self.legs)
+        )
+
+
+def leg_transfer_id(posting_id: str, index: int) -> str:
+    return posting_id if index == 0 else f"{posting_id}:{index}"
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """Take back up to amount_nusd from a wallet to counter_account; record the rest as owed.
+
+    The counter account always receives the whole amount: what the wallet has
+    (taken), and the rest from the wallet's receivable account recv:<wallet>
+    (owed), whose negative balance is what the wallet owes. Idempotent by id.
+    """
+
+    reversal_id: str
+    account_id: str
+    counter_account: str
+    amount_nusd: int
+    kind: TransferKind = TransferKind.REVERSAL
+    memo: str | None = None
+
+    def __post_init__(self) -> None:
+        Transfer(self.reversal_id, self.account_id, self.counter_account, self.amount_nusd, self.kind)
+
+
+@dataclass(frozen=True)
+class ReversalResult:
+    taken_nusd: int
+    owed_nusd: int
+    outcome: TransferOutcome
+
+    def __post_init__(self) -> None:
+        assert self.taken_nusd >= 0 and self.owed_nusd >= 0, self
+
+
+@dataclass(frozen=True)
+class Payee:
+    """Who receives what part of a request's cost (a pricing decision)."""
+
+    account_id: str
+    amount_nusd: int
+
+    def __post_init__(self) -> None:
+        assert isinstance(self.amount_nusd, int) and 0 < self.amount_nusd <= AMOUNT_NUSD_MAX, self
 
 
 @dataclass(frozen=True)
@@ -102,13 +199,40 @@ class UsageRecord:
     held_nusd: int
     latency_ms: float
     upstream_latency_ms: float
+    # Who receives cost_nusd, filled in order (wallet money first, then sys:shortfall).
+    # () means all to sys:revenue; a journal line from before payees reads the same.
+    payees: tuple[Payee, ...] = ()
 
     def __post_init__(self) -> None:
         assert self.cost_nusd >= 0 and self.held_nusd >= 0, self
         assert self.cost_nusd <= AMOUNT_NUSD_MAX, self
+        payees = tuple(_payee(p) for p in self.payees)
+        if not payees and self.cost_nusd > 0:
+            payees = (Payee(REVENUE_ACCOUNT, self.cost_nusd),)
+        object.__setattr__(self, "payees", payees)
+        assert len(payees) <= PAYEES_MAX, self
+        assert sum(p.amount_nusd for p in payees) == self.cost_nusd, self
+        accounts = [p.account_id for p in payees]
+        assert len(set(accounts)) == len(accounts) and self.wallet_id not in accounts, self
 
     def as_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in _USAGE_FIELDS}
+        data = {name: getattr(self, name) for name in _USAGE_FIELDS}
+        data["payees"] = payees_json(self.payees)
+        return data
+
+
+def payees_json(payees: tuple[Payee, ...]) -> list[dict[str, object]]:
+    return [{"account_id": p.account_id, "amount_nusd": p.amount_nusd} for p in payees]
+
+
+def _payee(value: object) -> Payee:
+    """A Payee, or its JSON form (a dict from as_dict, or an [account, amount] pair)."""
+    if isinstance(value, Payee):
+        return value
+    if isinstance(value, dict):
+        return Payee(**value)
+    assert isinstance(value, (list, tuple)) and len(value) == 2, value
+    return Payee(value[0], value[1])
 
 
 _USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
@@ -164,14 +288,27 @@ class LedgerTotals:
     usage_charged_nusd: int  # sum of charged over the usage log
     usage_shortfall_nusd: int
     balance_mismatches: int  # accounts whose stored balance differs from their transfers
+    usage_transfers_nusd: int = 0  # sum of kind 'usage' transfers (wallets paying payees)
+    shortfall_transfers_nusd: int = 0  # sum of kind 'shortfall' transfers (sys:shortfall paying payees)
+    shortfall_other_nusd: int = 0  # net change to sys:shortfall by transfers of every other kind
+    misdirected_transfers: int = 0  # 'usage' not from a wallet, 'shortfall' not from sys:shortfall
+    positive_receivables: int = 0  # receivable accounts above zero: repaid more than owed
 
 
 def check_invariants(totals: LedgerTotals) -> None:
+    """Stated per rule, not per account, so they stay true as kinds and payees are added."""
+    # Every transfer balances (one debit, one credit), so the whole book sums to zero.
     assert totals.balance_sum_nusd == 0, totals
+    # Only kinds with may_go_negative (mw_account_kinds) go below zero.
     assert totals.negative_wallets == 0, totals
     assert totals.balance_mismatches == 0, totals
-    assert totals.revenue_nusd == totals.usage_charged_nusd + totals.usage_shortfall_nusd, totals
-    assert -totals.shortfall_nusd == totals.usage_shortfall_nusd, totals
+    # The usage log and the usage transfers tell the same story, whoever the payees were.
+    assert totals.usage_transfers_nusd == totals.usage_charged_nusd, totals
+    assert totals.shortfall_transfers_nusd == totals.usage_shortfall_nusd, totals
+    # sys:shortfall is what usage could not charge, moved since only by other kinds (repayments).
+    assert totals.shortfall_nusd == -totals.usage_shortfall_nusd + totals.shortfall_other_nusd, totals
+    assert totals.misdirected_transfers == 0, totals
+    assert totals.positive_receivables == 0, totals
 
 
 # Money from outside (deposits, operator adjustments) lands in a wallet; an
@@ -213,6 +350,9 @@ class Book(Protocol):
     async def create_wallet(self, wallet_id: str, name: str | None = None) -> Wallet: ...
     async def wallet(self, wallet_id: str) -> Wallet | None: ...
     async def transfer(self, transfer: Transfer) -> TransferOutcome: ...
+    async def post(self, posting: Posting) -> TransferOutcome: ...
+    async def reverse(self, reversal: Reversal) -> ReversalResult: ...
+    async def owed(self, account_id: str) -> int: ...  # what a wallet owes after reversals
     async def settle_batch(self, items: Sequence[UsageRecord]) -> list[SettleResult]: ...
     async def usage(self, request_id: str) -> SettledUsage | None: ...
     async def transfers_of(self, account_id: str, limit: int = 50) -> list[TransferRecord]: ...

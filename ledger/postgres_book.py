@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import orjson
 
+from ledger import postgres_postings as postings
 from ledger.book import (
-    FUNDING_ACCOUNT,
-    FUNDING_KINDS,
-    REVENUE_ACCOUNT,
-    SHORTFALL_ACCOUNT,
     ApiKeyRecord,
     LedgerTotals,
+    Leg,
+    Posting,
+    Reversal,
+    ReversalResult,
     SettledUsage,
     SettleOutcome,
     SettleResult,
@@ -29,20 +30,14 @@ from ledger.book import (
     TransferRecord,
     UsageRecord,
     Wallet,
-    check_funding_credit,
     migration_files,
     validate_wallet_id,
 )
-from ledger.errors import (
-    AccountExists,
-    IdempotencyConflict,
-    InsufficientFunds,
-    LedgerError,
-    LedgerFailure,
-    LedgerUnavailable,
-    UnknownAccount,
-)
+from ledger.errors import AccountExists, LedgerError, LedgerFailure, LedgerUnavailable, UnknownAccount
+from ledger.postgres_postings import text_times as _text_times
+from ledger.postings import check_posting_replay, receivable_account, reversal_replay
 from ledger.rows import key_record, settled_usage, transfer_record
+from ledger.totals import TOTALS_SQL
 
 T = TypeVar("T")
 # close() waits this long for in-use connections to be given back, then cuts them.
@@ -160,9 +155,39 @@ class PostgresBook:
         return await self._with(run)
 
     async def transfer(self, transfer: Transfer) -> TransferOutcome:
+        """A one-leg posting whose posting id is the transfer id."""
+        leg = Leg(transfer.debit_account, transfer.credit_account, transfer.amount_nusd)
+        return await self.post(Posting(transfer.transfer_id, transfer.kind, (leg,), transfer.memo, transfer.request_id))
+
+    async def post(self, posting: Posting) -> TransferOutcome:
+        transfers = posting.transfers()
+
         async def run(conn: asyncpg.Connection) -> TransferOutcome:
-            async with conn.transaction():
-                return await _insert_transfer(conn, transfer)
+            try:
+                async with conn.transaction():
+                    return await postings.write_posting(conn, posting.posting_id, transfers)
+            except asyncpg.UniqueViolationError:
+                # A concurrent twin committed first: answer as a retry would.
+                stored = await postings.stored_posting(conn, posting.posting_id, [t.transfer_id for t in transfers])
+                return check_posting_replay(posting.posting_id, transfers, stored)
+
+        return await self._with(run)
+
+    async def reverse(self, reversal: Reversal) -> ReversalResult:
+        async def run(conn: asyncpg.Connection) -> ReversalResult:
+            try:
+                async with conn.transaction():
+                    return await postings.reverse(conn, reversal)
+            except asyncpg.UniqueViolationError:
+                rows = await conn.fetch("SELECT * FROM mw_transfers WHERE posting_id = $1", reversal.reversal_id)
+                return reversal_replay(reversal, [transfer_record(_text_times(r)) for r in rows])
+
+        return await self._with(run)
+
+    async def owed(self, account_id: str) -> int:
+        async def run(conn: asyncpg.Connection) -> int:
+            balance = await conn.fetchval("SELECT balance_nusd FROM mw_accounts WHERE id = $1", receivable_account(account_id))
+            return -(balance or 0)
 
         return await self._with(run)
 
@@ -242,22 +267,7 @@ class PostgresBook:
 
     async def totals(self) -> LedgerTotals:
         async def run(conn: asyncpg.Connection) -> LedgerTotals:
-            row = await conn.fetchrow(
-                f"""SELECT
-                (SELECT COALESCE(SUM(balance_nusd), 0) FROM mw_accounts)::bigint,
-                (SELECT COUNT(*) FROM mw_accounts WHERE kind = 'wallet' AND balance_nusd < 0)::bigint,
-                (SELECT COUNT(*) FROM mw_transfers)::bigint,
-                (SELECT balance_nusd FROM mw_accounts WHERE id = '{REVENUE_ACCOUNT}'),
-                (SELECT balance_nusd FROM mw_accounts WHERE id = '{SHORTFALL_ACCOUNT}'),
-                (SELECT balance_nusd FROM mw_accounts WHERE id = '{FUNDING_ACCOUNT}'),
-                (SELECT COALESCE(SUM(charged_nusd), 0) FROM mw_usage)::bigint,
-                (SELECT COALESCE(SUM(shortfall_nusd), 0) FROM mw_usage)::bigint,
-                (SELECT COUNT(*) FROM mw_accounts a WHERE a.balance_nusd <>
-                    COALESCE((SELECT SUM(amount_nusd) FROM mw_transfers WHERE credit_account = a.id), 0)
-                  - COALESCE((SELECT SUM(amount_nusd) FROM mw_transfers WHERE debit_account = a.id), 0))::bigint
-                """
-            )
-            return LedgerTotals(*row)
+            return LedgerTotals(*await conn.fetchrow(TOTALS_SQL))
 
         return await self._with(run)
 
@@ -266,36 +276,3 @@ class PostgresBook:
             await asyncio.wait_for(self._pool.close(), POOL_CLOSE_TIMEOUT_S)
         except TimeoutError:
             self._pool.terminate()  # a server that stopped answering must not hold up shutdown
-
-
-async def _insert_transfer(conn: asyncpg.Connection, transfer: Transfer) -> TransferOutcome:
-    try:
-        status = await conn.execute(
-            "INSERT INTO mw_transfers (id, debit_account, credit_account, amount_nusd, kind, request_id, memo)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            transfer.transfer_id, transfer.debit_account, transfer.credit_account, transfer.amount_nusd,
-            transfer.kind.value, transfer.request_id, transfer.memo,
-        )
-    except asyncpg.ForeignKeyViolationError as exc:
-        raise UnknownAccount(f"no account {transfer.debit_account!r} or {transfer.credit_account!r}") from exc
-    except asyncpg.CheckViolationError as exc:
-        raise InsufficientFunds(f"{transfer.debit_account!r} cannot pay {transfer.amount_nusd} nUSD") from exc
-    if status == "INSERT 0 1":
-        if transfer.kind in FUNDING_KINDS:
-            # Inside the caller's transaction: a refusal here rolls the insert back.
-            kind = await conn.fetchval("SELECT kind FROM mw_accounts WHERE id = $1", transfer.credit_account)
-            check_funding_credit(transfer, kind)
-        return TransferOutcome.CREATED
-    prior = await conn.fetchrow("SELECT * FROM mw_transfers WHERE id = $1", transfer.transfer_id)
-    assert prior is not None
-    if transfer_record(_text_times(prior)).transfer != transfer:
-        raise IdempotencyConflict(f"transfer {transfer.transfer_id!r} exists with different content")
-    return TransferOutcome.EXISTS
-
-
-def _text_times(row: asyncpg.Record) -> dict[str, Any]:
-    data = dict(row)
-    for name in ("created_at", "revoked_at"):
-        if data.get(name) is not None:
-            data[name] = data[name].isoformat()
-    return data

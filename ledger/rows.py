@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from ledger.book import ApiKeyRecord, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
+from ledger.book import ApiKeyRecord, Payee, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
 
-USAGE_COLUMNS = tuple(UsageRecord.__dataclass_fields__)
+# mw_usage's plain columns; payees is JSON (TEXT on SQLite, jsonb on Postgres).
+USAGE_COLUMNS = tuple(name for name in UsageRecord.__dataclass_fields__ if name != "payees")
 
 
 def transfer_record(row: Mapping[str, Any]) -> TransferRecord:
@@ -20,11 +22,12 @@ def transfer_record(row: Mapping[str, Any]) -> TransferRecord:
         request_id=row["request_id"],
         memo=row["memo"],
     )
-    return TransferRecord(transfer, str(row["created_at"]))
+    return TransferRecord(transfer, str(row["created_at"]), row.get("posting_id"))
 
 
 def settled_usage(row: Mapping[str, Any]) -> SettledUsage:
-    record = UsageRecord(**{name: row[name] for name in USAGE_COLUMNS})
+    payees = tuple(Payee(**p) for p in json.loads(row["payees"]))
+    record = UsageRecord(**{name: row[name] for name in USAGE_COLUMNS}, payees=payees)
     return SettledUsage(record, row["charged_nusd"], row["shortfall_nusd"], str(row["created_at"]))
 
 

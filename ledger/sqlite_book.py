@@ -13,34 +13,27 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from ledger import sqlite_postings as postings
 from ledger.book import (
-    FUNDING_ACCOUNT,
-    REVENUE_ACCOUNT,
-    SHORTFALL_ACCOUNT,
     ApiKeyRecord,
     LedgerTotals,
+    Leg,
+    Posting,
+    Reversal,
+    ReversalResult,
     SettledUsage,
-    SettleOutcome,
     SettleResult,
     Transfer,
-    TransferKind,
     TransferOutcome,
     TransferRecord,
     UsageRecord,
     Wallet,
-    check_funding_credit,
     migration_files,
     validate_wallet_id,
 )
-from ledger.errors import (
-    AccountExists,
-    IdempotencyConflict,
-    InsufficientFunds,
-    LedgerFailure,
-    LedgerUnavailable,
-    UnknownAccount,
-)
-from ledger.rows import USAGE_COLUMNS, key_record, settled_usage, transfer_record
+from ledger.errors import AccountExists, LedgerFailure, LedgerUnavailable, UnknownAccount
+from ledger.rows import key_record, settled_usage, transfer_record
+from ledger.totals import TOTALS_SQL
 
 T = TypeVar("T")
 
@@ -134,12 +127,23 @@ class SqliteBook:
         return await self._run(read)
 
     async def transfer(self, transfer: Transfer) -> TransferOutcome:
-        return await self._run(lambda conn: _transfer(conn, transfer))
+        """A one-leg posting whose posting id is the transfer id."""
+        leg = Leg(transfer.debit_account, transfer.credit_account, transfer.amount_nusd)
+        return await self.post(Posting(transfer.transfer_id, transfer.kind, (leg,), transfer.memo, transfer.request_id))
+
+    async def post(self, posting: Posting) -> TransferOutcome:
+        return await self._run(lambda conn: postings.atomic(conn, lambda c: postings.post(c, posting)))
+
+    async def reverse(self, reversal: Reversal) -> ReversalResult:
+        return await self._run(lambda conn: postings.atomic(conn, lambda c: postings.reverse(c, reversal)))
+
+    async def owed(self, account_id: str) -> int:
+        return await self._run(lambda conn: postings.owed(conn, account_id))
 
     async def settle_batch(self, items: Sequence[UsageRecord]) -> list[SettleResult]:
         if not items:
             return []
-        return await self._run(lambda conn: _settle_batch(conn, items))
+        return await self._run(lambda conn: postings.atomic(conn, lambda c: postings.settle_batch(c, items)))
 
     async def usage(self, request_id: str) -> SettledUsage | None:
         def read(conn: sqlite3.Connection) -> SettledUsage | None:
@@ -199,7 +203,7 @@ class SqliteBook:
         return await self._run(revoke)
 
     async def totals(self) -> LedgerTotals:
-        return await self._run(_totals)
+        return await self._run(lambda conn: LedgerTotals(*conn.execute(TOTALS_SQL).fetchone()))
 
     async def close(self) -> None:
         def close(conn: sqlite3.Connection) -> None:
@@ -215,22 +219,33 @@ def _migrate(conn: sqlite3.Connection) -> list[int]:
     conn.execute("CREATE TABLE IF NOT EXISTS mw_schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
     done = {row[0] for row in conn.execute("SELECT version FROM mw_schema_migrations")}
     applied = []
-    for version, sql in migration_files("sqlite"):
-        if version in done:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _split_sql(sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO mw_schema_migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))", (version,)
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        applied.append(version)
+    # A table rebuild (drop a CHECK: create, copy, drop, rename) needs foreign keys
+    # off; they are checked as a whole before each commit instead. The pragma is a
+    # no-op inside a transaction, so it is set around it.
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        for version, sql in migration_files("sqlite"):
+            if version not in done:
+                _apply(conn, version, sql)
+                applied.append(version)
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
     return applied
+
+
+def _apply(conn: sqlite3.Connection, version: int, sql: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _split_sql(sql):
+            conn.execute(statement)
+        broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise LedgerFailure(f"migration {version:04d} would break foreign keys: {[tuple(row) for row in broken][:5]}")
+        conn.execute("INSERT INTO mw_schema_migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))", (version,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _split_sql(sql: str) -> list[str]:
@@ -246,122 +261,3 @@ def _split_sql(sql: str) -> list[str]:
             current = ""
     assert not current.strip(), f"incomplete SQL statement: {current!r}"
     return statements
-
-
-def _transfer(conn: sqlite3.Connection, transfer: Transfer) -> TransferOutcome:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        outcome = _insert_transfer(conn, transfer)
-        conn.execute("COMMIT")
-        return outcome
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _insert_transfer(conn: sqlite3.Connection, transfer: Transfer) -> TransferOutcome:
-    prior = conn.execute("SELECT * FROM mw_transfers WHERE id = ?", (transfer.transfer_id,)).fetchone()
-    if prior is not None:
-        if transfer_record(dict(prior)).transfer != transfer:
-            raise IdempotencyConflict(f"transfer {transfer.transfer_id!r} exists with different content")
-        return TransferOutcome.EXISTS
-    kinds: dict[str, str] = {}
-    for account in (transfer.debit_account, transfer.credit_account):
-        row = conn.execute("SELECT kind FROM mw_accounts WHERE id = ?", (account,)).fetchone()
-        if row is None:
-            raise UnknownAccount(f"no account {account!r}")
-        kinds[account] = row[0]
-    try:
-        conn.execute(
-            "INSERT INTO mw_transfers (id, debit_account, credit_account, amount_nusd, kind, request_id, memo)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (transfer.transfer_id, transfer.debit_account, transfer.credit_account, transfer.amount_nusd,
-             transfer.kind.value, transfer.request_id, transfer.memo),
-        )
-    except sqlite3.IntegrityError as exc:
-        if "mw_accounts_no_overdraft" in str(exc):
-            raise InsufficientFunds(f"{transfer.debit_account!r} cannot pay {transfer.amount_nusd} nUSD") from exc
-        raise
-    # After the insert, so an overdraft is reported as such; the caller rolls back.
-    check_funding_credit(transfer, kinds[transfer.credit_account])
-    return TransferOutcome.CREATED
-
-
-def _settle_batch(conn: sqlite3.Connection, items: Sequence[UsageRecord]) -> list[SettleResult]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        results = [_settle_one(conn, item) for item in items]
-        conn.execute("COMMIT")
-        return results
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-_USAGE_INSERT = (
-    f"INSERT INTO mw_usage ({', '.join(USAGE_COLUMNS)}, charged_nusd, shortfall_nusd)"
-    f" VALUES ({', '.join('?' * (len(USAGE_COLUMNS) + 2))})"
-)
-_TRANSFER_INSERT = (
-    "INSERT INTO mw_transfers (id, debit_account, credit_account, amount_nusd, kind, request_id) VALUES (?, ?, ?, ?, ?, ?)"
-)
-
-
-def _settle_one(conn: sqlite3.Connection, item: UsageRecord) -> SettleResult:
-    """The same steps as mw_settle_batch() in the Postgres migration.
-
-    Few statements on purpose: this runs on a thread that must win the GIL
-    back from a busy event loop before each one. Foreign keys, the primary
-    keys and the overdraft CHECK still guard every write.
-    """
-    prior = conn.execute(
-        "SELECT wallet_id, cost_nusd, charged_nusd, shortfall_nusd FROM mw_usage WHERE request_id = ?", (item.request_id,)
-    ).fetchone()
-    if prior is not None:
-        balance, version = _balance(conn, prior[0])
-        if prior[1] == item.cost_nusd and prior[0] == item.wallet_id:
-            return SettleResult(item.request_id, SettleOutcome.REPLAY, prior[2], prior[3], balance, version)
-        return SettleResult(item.request_id, SettleOutcome.CONFLICT, 0, 0, balance, version)
-    row = conn.execute(
-        "SELECT balance_nusd, version FROM mw_accounts WHERE id = ? AND kind = 'wallet'", (item.wallet_id,)
-    ).fetchone()
-    if row is None:
-        return SettleResult(item.request_id, SettleOutcome.UNKNOWN_WALLET, 0, 0, 0, 0)
-    balance, version = row
-    charged = min(item.cost_nusd, balance)
-    shortfall = item.cost_nusd - charged
-    if charged > 0:
-        conn.execute(_TRANSFER_INSERT, (item.request_id, item.wallet_id, REVENUE_ACCOUNT, charged, TransferKind.USAGE.value, item.request_id))
-        balance, version = balance - charged, version + 1  # what the trigger just did
-    if shortfall > 0:
-        conn.execute(_TRANSFER_INSERT, (f"{item.request_id}:shortfall", SHORTFALL_ACCOUNT, REVENUE_ACCOUNT, shortfall,
-                                        TransferKind.SHORTFALL.value, item.request_id))
-    conn.execute(_USAGE_INSERT, (*(getattr(item, name) for name in USAGE_COLUMNS), charged, shortfall))
-    return SettleResult(item.request_id, SettleOutcome.SETTLED, charged, shortfall, balance, version)
-
-
-def _balance(conn: sqlite3.Connection, account_id: str) -> tuple[int, int]:
-    row = conn.execute("SELECT balance_nusd, version FROM mw_accounts WHERE id = ?", (account_id,)).fetchone()
-    return (row[0], row[1]) if row is not None else (0, 0)
-
-
-def _totals(conn: sqlite3.Connection) -> LedgerTotals:
-    def one(sql: str) -> int:
-        value: int = conn.execute(sql).fetchone()[0]
-        return value
-
-    return LedgerTotals(
-        balance_sum_nusd=one("SELECT COALESCE(SUM(balance_nusd), 0) FROM mw_accounts"),
-        negative_wallets=one("SELECT COUNT(*) FROM mw_accounts WHERE kind = 'wallet' AND balance_nusd < 0"),
-        transfer_count=one("SELECT COUNT(*) FROM mw_transfers"),
-        revenue_nusd=one(f"SELECT balance_nusd FROM mw_accounts WHERE id = '{REVENUE_ACCOUNT}'"),
-        shortfall_nusd=one(f"SELECT balance_nusd FROM mw_accounts WHERE id = '{SHORTFALL_ACCOUNT}'"),
-        funding_nusd=one(f"SELECT balance_nusd FROM mw_accounts WHERE id = '{FUNDING_ACCOUNT}'"),
-        usage_charged_nusd=one("SELECT COALESCE(SUM(charged_nusd), 0) FROM mw_usage"),
-        usage_shortfall_nusd=one("SELECT COALESCE(SUM(shortfall_nusd), 0) FROM mw_usage"),
-        balance_mismatches=one(
-            "SELECT COUNT(*) FROM mw_accounts a WHERE a.balance_nusd <>"
-            " COALESCE((SELECT SUM(amount_nusd) FROM mw_transfers WHERE credit_account = a.id), 0)"
-            " - COALESCE((SELECT SUM(amount_nusd) FROM mw_transfers WHERE debit_account = a.id), 0)"
-        ),
-    )

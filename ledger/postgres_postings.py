@@ -1,0 +1,99 @@
+"""Postings and reversals on Postgres, each inside the caller's transaction.
+
+A posting's legs go in with one INSERT, so the statement trigger of migration
+0002 updates each account once, locking the accounts in id order (the ledger's
+one lock order). A reversal locks its accounts in that same order before it
+reads the balance it splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from ledger.book import (
+    FUNDING_KINDS,
+    RECEIVABLE_KIND,
+    Reversal,
+    ReversalResult,
+    Transfer,
+    TransferOutcome,
+    TransferRecord,
+    check_funding_credit,
+)
+from ledger.errors import InsufficientFunds, NotAWallet, UnknownAccount
+from ledger.postings import check_posting_replay, receivable_account, reversal_replay, reversal_transfers
+from ledger.rows import transfer_record
+
+_INSERT_LEGS = (
+    "INSERT INTO mw_transfers (id, posting_id, debit_account, credit_account, amount_nusd, kind, request_id, memo)"
+    " SELECT i, $1, d, c, a, k, r, m FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],"
+    " $7::text[], $8::text[]) AS legs (i, d, c, a, k, r, m)"
+)
+
+
+async def stored_posting(conn: asyncpg.Connection, posting_id: str, ids: Sequence[str]) -> list[TransferRecord]:
+    rows = await conn.fetch("SELECT * FROM mw_transfers WHERE posting_id = $1 OR id = ANY($2::text[])", posting_id, list(ids))
+    return [transfer_record(text_times(r)) for r in rows]
+
+
+async def write_posting(conn: asyncpg.Connection, posting_id: str, transfers: Sequence[Transfer]) -> TransferOutcome:
+    """All legs or none (the caller's transaction); a concurrent twin surfaces as UniqueViolationError."""
+    stored = await stored_posting(conn, posting_id, [t.transfer_id for t in transfers])
+    if stored:
+        return check_posting_replay(posting_id, transfers, stored)
+    try:
+        await conn.execute(
+            _INSERT_LEGS, posting_id, [t.transfer_id for t in transfers], [t.debit_account for t in transfers],
+            [t.credit_account for t in transfers], [t.amount_nusd for t in transfers], [t.kind.value for t in transfers],
+            [t.request_id for t in transfers], [t.memo for t in transfers],
+        )
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise UnknownAccount(f"posting {posting_id!r} names an unknown account or kind: {exc.detail}") from exc
+    except asyncpg.CheckViolationError as exc:
+        raise InsufficientFunds(f"posting {posting_id!r}: an account cannot pay its leg") from exc
+    funded = [t for t in transfers if t.kind in FUNDING_KINDS]
+    if funded:
+        # Inside the caller's transaction: a refusal here rolls the insert back.
+        rows = await conn.fetch("SELECT id, kind FROM mw_accounts WHERE id = ANY($1::text[])",
+                                [t.credit_account for t in funded])
+        kinds = {r["id"]: r["kind"] for r in rows}
+        for transfer in funded:
+            check_funding_credit(transfer, kinds[transfer.credit_account])
+    return TransferOutcome.CREATED
+
+
+async def reverse(conn: asyncpg.Connection, reversal: Reversal) -> ReversalResult:
+    stored = await conn.fetch("SELECT * FROM mw_transfers WHERE posting_id = $1", reversal.reversal_id)
+    if stored:
+        return reversal_replay(reversal, [transfer_record(text_times(r)) for r in stored])
+    receivable = receivable_account(reversal.account_id)
+    await conn.execute(
+        "INSERT INTO mw_accounts (id, kind, name, allow_negative) VALUES ($1, $2, $3, true) ON CONFLICT (id) DO NOTHING",
+        receivable, RECEIVABLE_KIND, f"owed by {reversal.account_id}",
+    )
+    rows = await conn.fetch(
+        "SELECT a.id, a.balance_nusd, k.is_wallet FROM mw_accounts a JOIN mw_account_kinds k ON k.kind = a.kind"
+        " WHERE a.id = ANY($1::text[]) ORDER BY a.id FOR UPDATE OF a",
+        [reversal.account_id, reversal.counter_account, receivable],
+    )
+    found = {r["id"]: r for r in rows}
+    account = found.get(reversal.account_id)
+    if account is None or not account["is_wallet"]:
+        raise NotAWallet(f"no wallet {reversal.account_id!r} to reverse from")
+    if reversal.counter_account not in found:
+        raise UnknownAccount(f"no account {reversal.counter_account!r}")
+    taken, owed, transfers = reversal_transfers(reversal, account["balance_nusd"])
+    outcome = await write_posting(conn, reversal.reversal_id, transfers)
+    assert outcome is TransferOutcome.CREATED, reversal
+    return ReversalResult(taken, owed, TransferOutcome.CREATED)
+
+
+def text_times(row: asyncpg.Record) -> dict[str, Any]:
+    data = dict(row)
+    for name in ("created_at", "revoked_at"):
+        if data.get(name) is not None:
+            data[name] = data[name].isoformat()
+    return data
