@@ -191,6 +191,13 @@ def check_ttl(ttl_s: float) -> None:
         raise ValueError(f"ttl_s must be a number in [0, {TTL_MAX_S}]: {ttl_s!r}")
 
 
+def check_settlement(wallet_id: str, hold_id: str, balance_nusd: int, version: int) -> None:
+    check_wallet_id(wallet_id)
+    check_hold_id(hold_id)
+    check_balance(balance_nusd)
+    check_version(version)
+
+
 def check_limit(limit: int) -> None:
     if not _is_int(limit) or limit < 0:
         raise ValueError(f"limit must be a non-negative int: {limit!r}")
@@ -244,7 +251,14 @@ class InProcessHolds:
             return None
         w.held_nusd -= hold.amount_nusd
         self._live_holds -= 1
+        self._check(w)
         return hold.amount_nusd
+
+    def _check(self, w: _Wallet) -> None:
+        """O(1) after every change of w's holds: every amount is >= 1, so held is at
+        least their count, and 0 exactly when there are none; each has heap entries."""
+        assert w.held_nusd >= len(w.holds) and (w.holds or w.held_nusd == 0), (w.held_nusd, len(w.holds))
+        assert len(w.expiry_heap) >= len(w.holds) and self._live_holds >= len(w.holds) >= 0
 
     def _release_due(self, w: _Wallet, now: float, limit: int) -> int:
         """Release up to ``limit`` of w's expired holds, oldest expiry first."""
@@ -268,6 +282,7 @@ class InProcessHolds:
                 (h.expires_at, wid, hid, h.seq) for wid, wal in self._wallets.items() for hid, h in wal.holds.items()
             ]
             heapq.heapify(self._expiry_heap)
+        assert len(self._expiry_heap) >= self._live_holds >= 0  # every live hold stays indexed
 
     def _apply_mirror(self, wallet_id: str, balance_nusd: int, version: int) -> _Wallet:
         w = self._wallets.get(wallet_id)
@@ -275,6 +290,7 @@ class InProcessHolds:
             w = self._wallets[wallet_id] = _Wallet(balance_nusd, version)
         elif version > w.version:
             w.balance_nusd, w.version = balance_nusd, version
+        assert w.version >= version  # the mirror never goes back to an older version
         return w
 
     # HoldStore
@@ -295,9 +311,10 @@ class InProcessHolds:
             if w.balance_nusd - w.held_nusd < amount_nusd:
                 self._release_due(w, now, RESERVE_EXPIRE_MAX - RESERVE_EXPIRE_BATCH)
         try:
-            if hold_id in w.holds:
+            if hold_id in w.holds:  # idempotent: counted once (available < 0 if the ledger charged more since)
                 return ReserveResult(ReserveStatus.RESERVED, w.balance_nusd - w.held_nusd)
             if w.balance_nusd - w.held_nusd < amount_nusd:
+                assert hold_id not in w.holds  # refused: nothing taken
                 return ReserveResult(ReserveStatus.INSUFFICIENT, w.balance_nusd - w.held_nusd)
             self._seq += 1
             expires_at = now + ttl_s
@@ -306,25 +323,27 @@ class InProcessHolds:
             heapq.heappush(self._expiry_heap, (expires_at, wallet_id, hold_id, self._seq))
             w.held_nusd += amount_nusd
             self._live_holds += 1
+            self._check(w)
+            assert w.balance_nusd - w.held_nusd >= 0  # a new hold never overdraws
             return ReserveResult(ReserveStatus.RESERVED, w.balance_nusd - w.held_nusd)
         finally:
             self._compact(w)
 
     async def settle(self, wallet_id: str, hold_id: str, balance_nusd: int, version: int) -> bool:
+        check_settlement(wallet_id, hold_id, balance_nusd, version)
         return self._settle_now(wallet_id, hold_id, balance_nusd, version)
 
     async def settle_many(self, items: Sequence[HoldSettlement]) -> list[bool]:
+        for i in items:  # all checked before any is applied, as RedisHolds does
+            check_settlement(i.wallet_id, i.hold_id, i.balance_nusd, i.version)
         return [self._settle_now(i.wallet_id, i.hold_id, i.balance_nusd, i.version) for i in items]
 
     def _settle_now(self, wallet_id: str, hold_id: str, balance_nusd: int, version: int) -> bool:
-        check_wallet_id(wallet_id)
-        check_hold_id(hold_id)
-        check_balance(balance_nusd)
-        check_version(version)
         w = self._wallets.get(wallet_id)
         released = w is not None and self._release(w, hold_id) is not None
         w = self._apply_mirror(wallet_id, balance_nusd, version)
         self._compact(w)
+        assert hold_id not in w.holds  # settled holds are gone, whether or not this call released it
         return released
 
     async def release(self, wallet_id: str, hold_id: str) -> bool:
@@ -335,6 +354,7 @@ class InProcessHolds:
             return False
         released = self._release(w, hold_id) is not None
         self._compact(w)
+        assert hold_id not in w.holds
         return released
 
     async def sync(self, wallet_id: str, balance_nusd: int, version: int) -> None:
@@ -360,6 +380,7 @@ class InProcessHolds:
             out.append(ExpiredHold(wallet_id, hold_id, hold.amount_nusd))
         for w in touched.values():
             self._compact(w)
+        assert len(out) <= limit
         return out
 
     async def wallet(self, wallet_id: str) -> WalletHolds | None:

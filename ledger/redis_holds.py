@@ -35,6 +35,7 @@ from ledger.holds import (
     check_balance,
     check_hold_id,
     check_limit,
+    check_settlement,
     check_ttl,
     check_version,
     check_wallet_id,
@@ -161,10 +162,7 @@ class RedisHolds:
     async def settle_many(self, items: Sequence[HoldSettlement]) -> list[bool]:
         calls: list[ScriptCall] = []
         for item in items:
-            check_wallet_id(item.wallet_id)
-            check_hold_id(item.hold_id)
-            check_balance(item.balance_nusd)
-            check_version(item.version)
+            check_settlement(item.wallet_id, item.hold_id, item.balance_nusd, item.version)
             keys = [*self._keys.wallet(item.wallet_id), self._keys.expiry_index]
             args = [item.wallet_id, item.hold_id, str(item.balance_nusd), str(item.version)]
             calls.append((self._scripts.settle, keys, args))
