@@ -176,13 +176,13 @@ async def test_cli_credit_committed_while_redis_is_down_is_done_and_its_retry_ad
         args = argparse.Namespace(wallet_id="acme", amount="2.5", transfer_id=None, memo=None)
         capsys.readouterr()
         with caplog.at_level(logging.WARNING, logger="meterway.operations"):
-            assert await cli._wallet_credit(ops, None, args) == 0
+            assert await cli.wallet_credit(ops, None, args) == 0
         out = capsys.readouterr().out
         assert out.splitlines()[0] == "created: acme balance 2.5 USD", out
         assert any("committed" in r.getMessage() and "catch up" in r.getMessage() for r in caplog.records), caplog.text
         transfer_id = _credit_id_hint(out)  # no --id given: the CLI made one and shows it
         retry = argparse.Namespace(wallet_id="acme", amount="2.5", transfer_id=transfer_id, memo=None)
-        assert await cli._wallet_credit(ops, None, retry) == 0
+        assert await cli.wallet_credit(ops, None, retry) == 0
         assert capsys.readouterr().out.splitlines() == ["exists: acme balance 2.5 USD"]
         wallet = await book.wallet("acme")
         assert wallet is not None and wallet.balance_nusd == parse_usd("2.5"), "credited once"
