@@ -14,7 +14,6 @@ from typing import Any
 import asyncpg
 
 from ledger.book import (
-    FUNDING_KINDS,
     RECEIVABLE_KIND,
     Reversal,
     ReversalResult,
@@ -24,7 +23,7 @@ from ledger.book import (
     check_funding_credit,
 )
 from ledger.errors import InsufficientFunds, NotAWallet, UnknownAccount
-from ledger.postings import check_posting_replay, receivable_account, reversal_replay, reversal_transfers
+from ledger.postings import check_posting_replay, first_overdraft, receivable_account, reversal_replay, reversal_transfers
 from ledger.rows import transfer_record
 
 _INSERT_LEGS = (
@@ -44,6 +43,19 @@ async def write_posting(conn: asyncpg.Connection, posting_id: str, transfers: Se
     stored = await stored_posting(conn, posting_id, [t.transfer_id for t in transfers])
     if stored:
         return check_posting_replay(posting_id, transfers, stored)
+    accounts = sorted({a for t in transfers for a in (t.debit_account, t.credit_account)})
+    rows = await conn.fetch(  # locked in id order: the ledger's one lock order
+        "SELECT id, kind, balance_nusd, allow_negative FROM mw_accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+        accounts,
+    )
+    found = {r["id"]: r for r in rows}
+    missing = [a for a in accounts if a not in found]
+    if missing:
+        raise UnknownAccount(f"no account {missing[0]!r}")
+    overdraft = first_overdraft(transfers, {a: r["balance_nusd"] for a, r in found.items()},
+                                {a for a, r in found.items() if r["allow_negative"]})
+    if overdraft is not None:
+        raise InsufficientFunds(f"{overdraft.debit_account!r} cannot pay {overdraft.amount_nusd} nUSD")
     try:
         await conn.execute(
             _INSERT_LEGS, posting_id, [t.transfer_id for t in transfers], [t.debit_account for t in transfers],
@@ -54,14 +66,9 @@ async def write_posting(conn: asyncpg.Connection, posting_id: str, transfers: Se
         raise UnknownAccount(f"posting {posting_id!r} names an unknown account or kind: {exc.detail}") from exc
     except asyncpg.CheckViolationError as exc:
         raise InsufficientFunds(f"posting {posting_id!r}: an account cannot pay its leg") from exc
-    funded = [t for t in transfers if t.kind in FUNDING_KINDS]
-    if funded:
+    for transfer in transfers:
         # Inside the caller's transaction: a refusal here rolls the insert back.
-        rows = await conn.fetch("SELECT id, kind FROM mw_accounts WHERE id = ANY($1::text[])",
-                                [t.credit_account for t in funded])
-        kinds = {r["id"]: r["kind"] for r in rows}
-        for transfer in funded:
-            check_funding_credit(transfer, kinds[transfer.credit_account])
+        check_funding_credit(transfer, found[transfer.credit_account]["kind"])
     return TransferOutcome.CREATED
 
 

@@ -33,6 +33,22 @@ def _transfer_key(transfer: Transfer) -> str:
     return transfer.transfer_id
 
 
+def first_overdraft(transfers: Sequence[Transfer], balances_nusd: dict[str, int], may_go_negative: set[str]) -> Transfer | None:
+    """The first leg that, applied in order, takes an account that may not go negative below zero.
+
+    SQLite's row trigger meets the overdraft CHECK after every leg; Postgres
+    applies a statement's legs at once, so it runs this first: legs are checked
+    in order on both, as TigerBeetle checks linked transfers.
+    """
+    balances = dict(balances_nusd)
+    for transfer in transfers:
+        balances[transfer.debit_account] -= transfer.amount_nusd
+        balances[transfer.credit_account] += transfer.amount_nusd
+        if balances[transfer.debit_account] < 0 and transfer.debit_account not in may_go_negative:
+            return transfer
+    return None
+
+
 def receivable_account(account_id: str) -> str:
     return f"{RECEIVABLE_PREFIX}{account_id}"
 
