@@ -30,6 +30,8 @@ COPY gateway ./gateway
 COPY ledger ./ledger
 COPY payments ./payments
 COPY config ./config
+# The fake provider ships for `meterway demo` and `meterway fake-upstream` only; serve never loads it.
+COPY fakes ./fakes
 # The default config has no provider (no fake upstream baked in): mount your own.
 RUN pip install --no-cache-dir . \
     && mkdir -p /data /etc/meterway \

@@ -601,7 +601,7 @@ def summarise_profile(raw: Path, cpu_us_per_req: float) -> dict[str, Any]:
         total += count
         self_by_module[frame_module(frames[-1])] += count
         self_by_function[frames[-1]] += count
-        for frame in {f for f in frames if frame_file(f).startswith(OWN_CODE) and "cli.py" not in f}:
+        for frame in {f for f in frames if frame_file(f).startswith(OWN_CODE) and "gateway/cli/" not in f}:
             own_inclusive[frame] += count
 
     def shares(counter: Counter[str], n: int) -> list[tuple[str, float, float]]:
