@@ -16,7 +16,6 @@ import json
 import secrets
 import shlex
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +157,3 @@ See the wallet: curl -sS {base_url}/admin/wallets/{DEMO_WALLET} -H 'Authorizatio
 Ctrl-C stops the demo. For real providers and production, see the README (meterway serve).
 """
 
-
-if __name__ == "__main__":  # pragma: no cover - `meterway demo` is the entry point
-    from gateway.cli import main
-
-    sys.exit(main(["demo", *sys.argv[1:]]))
