@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -146,3 +147,59 @@ async def test_a_reversal_takes_what_is_there_and_records_the_rest_as_owed(book:
     totals = await book.totals()
     assert totals.revenue_nusd == 25
     check_invariants(totals)
+
+
+async def test_postgres_updates_each_account_once_per_settle_batch(pg_dsn: str) -> None:
+    """The hot sys:revenue row: one UPDATE per batch, not one per transfer."""
+    import asyncpg
+    import orjson
+
+    from ledger.postgres_book import PostgresBook
+
+    book = await PostgresBook.connect(pg_dsn)
+    try:
+        await book.migrate()
+        wallets = [f"w{i}" for i in range(4)]
+        for wallet in wallets:
+            await book.create_wallet(wallet)
+            await book.transfer(deposit(f"d-{wallet}", wallet, 1_000))
+    finally:
+        await book.close()
+    items = [usage(f"r{i}", wallets[i % 4], 300) for i in range(20)]  # later items run short
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async with conn.transaction():
+            query = "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = 'mw_accounts'::regclass"
+            before = await conn.fetchval(query)
+            results = await conn.fetch("SELECT * FROM mw_settle_batch($1::jsonb)",
+                                       orjson.dumps([i.as_dict() for i in items]).decode())
+            updates = await conn.fetchval(query) - before
+    finally:
+        await conn.close()
+    assert {r["outcome"] for r in results} == {"settled"} and sum(r["shortfall_nusd"] for r in results) > 0
+    assert updates == len(wallets) + 2  # each wallet, sys:revenue and sys:shortfall: once each
+
+
+async def test_concurrent_postings_and_settles_in_crossed_orders_do_not_deadlock(pg_dsn: str) -> None:
+    """Every writer locks its accounts in id order first: opposite leg orders cannot deadlock."""
+    from ledger.postgres_book import PostgresBook
+
+    book = await PostgresBook.connect(pg_dsn, pool_max=8)
+    try:
+        await book.migrate()
+        for wallet in ("a", "b", "c"):
+            await book.create_wallet(wallet)
+            await book.transfer(deposit(f"d-{wallet}", wallet, 100_000))
+        calls = []
+        for i in range(40):
+            first, second = ("a", "b") if i % 2 else ("b", "a")
+            legs = (Leg(first, second, 7), Leg(second, "c", 3), Leg("c", first, 2))
+            calls.append(book.post(Posting(f"p{i}", TransferKind.PAYMENT, legs)))
+            payees = (Payee(REVENUE_ACCOUNT, 5), Payee(second, 5))
+            calls.append(book.settle_batch([dataclasses.replace(usage(f"r{i}", first, 10), payees=payees)]))
+        await asyncio.gather(*calls)
+        totals = await book.totals()
+        assert totals.transfer_count == 3 + 40 * 3 + 40 * 2
+        check_invariants(totals)
+    finally:
+        await book.close()
