@@ -17,10 +17,10 @@ import openai
 from aiohttp import web
 
 from config.settings import Settings
-from gateway.backends import migrate
 from gateway.http.app import create_app
 from gateway.http.state import STATE, GatewayState
-from gateway.operations import Operations
+from gateway.money.operations import Operations
+from gateway.money.stores import migrate
 from ledger.book import LedgerTotals, check_invariants
 from ledger.money import parse_usd
 

@@ -157,7 +157,7 @@ async def test_non_utf8_authorization_on_a_proxied_endpoint_is_a_json_401(gw) ->
 
 async def test_unexpected_error_is_a_json_500_with_a_request_id(gw, monkeypatch, caplog) -> None:
     """The catch-all: an exception nobody expected is logged with its traceback, and the client sees no internals."""
-    from gateway.operations import Operations
+    from gateway.money.operations import Operations
 
     async def broken(self, wallet_id: str) -> None:
         raise RuntimeError("internal detail: connection string postgres://secret@db")

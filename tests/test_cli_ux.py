@@ -25,7 +25,8 @@ import aiohttp
 import pytest
 
 from config.settings import load_settings
-from gateway import backends, cli
+from gateway import cli
+from gateway.money import stores
 from tests.conftest import REDIS_TEST_URL, missing_service
 from tests.gateway_harness import MODELS
 from tests.test_multiprocess import stop
@@ -181,8 +182,8 @@ async def test_serve_says_what_it_serves_from_and_never_a_password(tmp_path: Pat
 def test_descriptions_never_show_a_password() -> None:
     settings = load_settings(None, database_url="postgresql://mw:pw-secret@db.internal:5433/meter?sslmode=require&password=q",
                              redis_url="redis://:redis-secret@cache:6380/3", redis_prefix="p1")
-    assert backends.describe_database(settings) == "Postgres postgresql://mw@db.internal:5433/meter"
-    assert backends.describe_holds(settings) == "Redis redis://cache:6380/3 prefix 'p1'"
+    assert stores.describe_database(settings) == "Postgres postgresql://mw@db.internal:5433/meter"
+    assert stores.describe_holds(settings) == "Redis redis://cache:6380/3 prefix 'p1'"
 
 
 # --- item 18: the embedded CLI never claims that nothing is held ---------------------------
@@ -252,19 +253,21 @@ async def test_serve_refuses_a_postgres_schema_that_is_behind_and_does_not_migra
     config = toml_config(tmp_path / "m.toml", upstream=fake_upstream)
     result = meterway("serve", "--config", str(config), "--port", str(free_port()),
                       env=clean_env(DATABASE_URL=pg_dsn, REDIS_URL=REDIS_TEST_URL))
-    assert result.returncode == backends.EXIT_SCHEMA_BEHIND, result
+    assert result.returncode == stores.EXIT_SCHEMA_BEHIND, result
     assert "needs migrations 0001" in result.stderr and "meterway migrate" in result.stderr
     no_traceback(result)
+    from ledger.book import migration_files
     from ledger.postgres_book import PostgresBook
 
     book = await PostgresBook.connect(pg_dsn)
     try:
-        assert await book.pending_migrations() == [1], "serve migrated the database by itself"
+        every = [version for version, _ in migration_files("postgres")]
+        assert len(every) >= 2 and await book.pending_migrations() == every, "serve migrated the database by itself"
     finally:
         await book.close()
     # The operator's commands on Postgres refuse it as well (embedded ones migrate their own file).
     refused = meterway("wallet", "create", "acme", env=clean_env(DATABASE_URL=pg_dsn))
-    assert refused.returncode == backends.EXIT_SCHEMA_BEHIND and "meterway migrate" in refused.stderr
+    assert refused.returncode == stores.EXIT_SCHEMA_BEHIND and "meterway migrate" in refused.stderr
 
 
 @pytest.mark.parametrize("redis_options,message", [
@@ -277,7 +280,7 @@ def test_serve_refuses_a_redis_that_may_evict_or_hides_its_policy(
         env = clean_env(DATABASE_URL=pg_dsn, REDIS_URL=url)
         assert meterway("migrate", env=env).returncode == 0
         result = meterway("serve", "--port", str(free_port()), env=env)
-    assert result.returncode == backends.EXIT_REDIS_POLICY, result
+    assert result.returncode == stores.EXIT_REDIS_POLICY, result
     assert message in result.stderr and "noeviction" in result.stderr, result.stderr
     no_traceback(result)
 
@@ -296,9 +299,9 @@ async def test_a_gateway_refuses_an_evicting_redis_in_process_too(tmp_path: Path
     """create_app (the harness, each worker) opens its stores with the same check."""
     with own_redis("--maxmemory-policy", "volatile-lru") as url:
         settings = load_settings(None, database_url=pg_dsn, redis_url=url)
-        await backends.migrate(settings)
-        with pytest.raises(backends.RedisEvicts, match="volatile-lru"):
-            await backends.open_stores(settings)
+        await stores.migrate(settings)
+        with pytest.raises(stores.RedisEvicts, match="volatile-lru"):
+            await stores.open_stores(settings)
 
 
 # --- item 20: expected failures, exit codes, --version, --log-level, help ------------------
@@ -308,30 +311,30 @@ def test_expected_failures_print_a_message_and_a_distinct_exit_code_never_a_trac
     closed = free_port()
     cases = {
         "database down": (meterway("wallet", "show", "acme", env=clean_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed}/test")),
-                          backends.EXIT_DATABASE_DOWN, "cannot open the ledger at Postgres postgresql://postgres@127.0.0.1"),
+                          stores.EXIT_DATABASE_DOWN, "cannot open the ledger at Postgres postgresql://postgres@127.0.0.1"),
         "missing config file": (meterway("--config", str(tmp_path / "nope.toml"), "wallet", "show", "acme"),
-                                backends.EXIT_USAGE, "config file not found"),
-        "bad argument": (meterway("wallet", "credit", "acme"), backends.EXIT_USAGE, "the following arguments are required"),
-        "bad log level": (meterway("--log-level", "loud", "migrate"), backends.EXIT_USAGE, "invalid choice"),
+                                stores.EXIT_USAGE, "config file not found"),
+        "bad argument": (meterway("wallet", "credit", "acme"), stores.EXIT_USAGE, "the following arguments are required"),
+        "bad log level": (meterway("--log-level", "loud", "migrate"), stores.EXIT_USAGE, "invalid choice"),
         "unknown wallet": (meterway("wallet", "show", "nobody", env=clean_env(MW_SQLITE_PATH=str(tmp_path / "a.sqlite3"))),
-                           backends.EXIT_REFUSED, "no wallet"),
+                           stores.EXIT_REFUSED, "no wallet"),
     }
     env = clean_env(DATABASE_URL=pg_dsn, REDIS_URL=f"redis://127.0.0.1:{closed}/0")
     assert meterway("migrate", env=env).returncode == 0
-    cases["redis down"] = (meterway("serve", "--port", str(free_port()), env=env), backends.EXIT_REDIS_DOWN,
+    cases["redis down"] = (meterway("serve", "--port", str(free_port()), env=env), stores.EXIT_REDIS_DOWN,
                            f"cannot reach Redis redis://127.0.0.1:{closed}/0")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
         cases["address in use"] = (meterway("serve", "--port", str(busy), env=clean_env(MW_SQLITE_PATH=str(tmp_path / "b.sqlite3"))),
-                                   backends.EXIT_CANNOT_LISTEN, "address")
+                                   stores.EXIT_CANNOT_LISTEN, "address")
     for name, (result, code, message) in cases.items():
         assert result.returncode == code, (name, result)
         assert message in result.stderr, (name, result.stderr)
         no_traceback(result)
-    codes = {backends.EXIT_REFUSED, backends.EXIT_USAGE, backends.EXIT_DATABASE_DOWN, backends.EXIT_REDIS_DOWN,
-             backends.EXIT_SCHEMA_BEHIND, backends.EXIT_REDIS_POLICY, backends.EXIT_CANNOT_LISTEN}
+    codes = {stores.EXIT_REFUSED, stores.EXIT_USAGE, stores.EXIT_DATABASE_DOWN, stores.EXIT_REDIS_DOWN,
+             stores.EXIT_SCHEMA_BEHIND, stores.EXIT_REDIS_POLICY, stores.EXIT_CANNOT_LISTEN}
     assert len(codes) == 7, "one code per class"
 
 
@@ -429,7 +432,7 @@ async def test_serving_on_all_interfaces_needs_a_metrics_token(tmp_path: Path) -
                     | {"MW_SQLITE_PATH": str(tmp_path / "image.sqlite3")})
     port = free_port()
     open_metrics = meterway("--config", str(REPO / "config" / "docker.toml"), "serve", "--port", str(port), env=env)
-    assert open_metrics.returncode == backends.EXIT_USAGE and "MW_METRICS_TOKEN" in open_metrics.stderr, open_metrics
+    assert open_metrics.returncode == stores.EXIT_USAGE and "MW_METRICS_TOKEN" in open_metrics.stderr, open_metrics
     no_traceback(open_metrics)
     with serving("--config", str(REPO / "config" / "docker.toml"), "serve", "--port", str(port),
                  env=env | {"MW_METRICS_TOKEN": METRICS_TOKEN}) as process:

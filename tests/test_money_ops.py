@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from gateway import cli
-from gateway.operations import Operations
+from gateway.money.operations import Operations
 from ledger.book import (
     FUNDING_ACCOUNT,
     REVENUE_ACCOUNT,
@@ -133,7 +133,7 @@ async def _production_config(tmp_path: Path, pg_dsn: str) -> str:
 
 async def _book_of(config: str) -> Book:
     from config.settings import load_settings
-    from gateway.backends import open_book
+    from gateway.money.stores import open_book
 
     return await open_book(load_settings(config))
 

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.money.billing import Billing, Hold, Refusal, Refused
+from gateway.money.operations import Operations
 from gateway.money.settlement import SettleLimits, Settler
 from gateway.money.sweeper import sweep_once
-from gateway.operations import Operations
 from ledger.book import Book, UsageRecord, check_invariants
 from ledger.holds import HoldStore, InProcessHolds
 from tests.conftest import REDIS_TEST_URL, pg_schema

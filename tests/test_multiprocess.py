@@ -21,7 +21,7 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.operations import Operations
+from gateway.money.operations import Operations
 from ledger.book import FUNDING_ACCOUNT, check_invariants
 from ledger.money import parse_usd
 from ledger.postgres_book import PostgresBook

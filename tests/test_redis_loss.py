@@ -19,7 +19,7 @@ from typing import Any
 import openai
 import redis.asyncio as aioredis
 
-from gateway.operations import Operations
+from gateway.money.operations import Operations
 from ledger.book import check_invariants
 from ledger.money import parse_usd
 from ledger.postgres_book import PostgresBook

@@ -28,9 +28,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.backends import Stores, open_stores
 from gateway.http.app import create_app
 from gateway.money.journal import Journal
+from gateway.money.stores import Stores, open_stores
 from ledger.book import SettleResult, UsageRecord
 from ledger.errors import LedgerFailure, LedgerUnavailable
 from ledger.money import parse_usd

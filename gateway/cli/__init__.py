@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from config.settings import ConfigError, Settings, load_settings
-from gateway import backends
-from gateway.backends import EXIT_CANNOT_LISTEN, EXIT_DATABASE_DOWN, EXIT_REDIS_DOWN, EXIT_REFUSED, EXIT_USAGE, StartupError
 from gateway.cli.keys import keys_create, keys_list, keys_revoke
 from gateway.cli.replay import journal_replay
 from gateway.cli.serve import CONFIG_ENV, migrate, serve
 from gateway.cli.wallets import wallet_create, wallet_credit, wallet_show, wallet_transactions
+from gateway.money import stores
+from gateway.money.stores import EXIT_CANNOT_LISTEN, EXIT_DATABASE_DOWN, EXIT_REDIS_DOWN, EXIT_REFUSED, EXIT_USAGE, StartupError
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.money import MoneyFormatError
 
@@ -30,8 +30,8 @@ EXIT_CODES = f"""exit codes:
   {EXIT_USAGE}  a bad argument, or a config file that is missing or invalid
   {EXIT_DATABASE_DOWN}  the database (ledger) cannot be reached
   {EXIT_REDIS_DOWN}  Redis cannot be reached
-  {backends.EXIT_SCHEMA_BEHIND}  the database schema is behind: run `meterway migrate`
-  {backends.EXIT_REDIS_POLICY}  Redis may evict keys: its maxmemory-policy must be noeviction
+  {stores.EXIT_SCHEMA_BEHIND}  the database schema is behind: run `meterway migrate`
+  {stores.EXIT_REDIS_POLICY}  Redis may evict keys: its maxmemory-policy must be noeviction
   {EXIT_CANNOT_LISTEN}  the listen address is taken or not allowed
   130  interrupted
 """
@@ -198,8 +198,8 @@ def _add_journal_commands(commands: Any, common: argparse.ArgumentParser) -> Non
 def _sync(fn: Callable[[Any, Settings, argparse.Namespace], Awaitable[int]]) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, args: argparse.Namespace) -> int:
         async def with_ops() -> int:
-            from gateway.backends import open_stores
-            from gateway.operations import Operations
+            from gateway.money.operations import Operations
+            from gateway.money.stores import open_stores
 
             stores = await open_stores(settings, check_redis="none")
             try:

@@ -67,9 +67,9 @@ def run_demo(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     # Imported here only: the fake provider is a test double, never part of `serve`.
     from fakes.openai import FakeConfig, start_fake_upstream
-    from gateway.backends import open_stores
     from gateway.http.app import create_app
-    from gateway.operations import Operations
+    from gateway.money.operations import Operations
+    from gateway.money.stores import open_stores
 
     stopped = _stop_signal()  # before anything is printed: a Ctrl-C right after the banner stops cleanly
     fake, upstream_url = await start_fake_upstream(FakeConfig(models=tuple(DEMO_MODELS)))

@@ -15,19 +15,19 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import Settings
-from gateway import backends
-from gateway.backends import EXIT_USAGE
+from gateway.money import stores
+from gateway.money.stores import EXIT_USAGE
 
 CONFIG_ENV = "MW_CONFIG"  # names the config file when --config does not; main() reads it too
 
 
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
-    print_applied(asyncio.run(backends.migrate(settings)), settings)
+    print_applied(asyncio.run(stores.migrate(settings)), settings)
     return 0
 
 
 def print_applied(applied: list[int], settings: Settings) -> None:
-    where = backends.describe_database(settings)
+    where = stores.describe_database(settings)
     if applied:
         print(f"applied migrations {', '.join(f'{v:04d}' for v in applied)} to {where}", flush=True)
     else:
@@ -49,7 +49,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config_path = args.config or os.environ.get(CONFIG_ENV)
     if args.migrate:
-        print_applied(asyncio.run(backends.migrate(settings)), settings)
+        print_applied(asyncio.run(stores.migrate(settings)), settings)
     # Refuse here, once, with a clear message (schema behind, Redis evicting or
     # down) rather than in every worker; then say what is being served.
     asyncio.run(_check_stores(settings))
@@ -73,15 +73,15 @@ def _is_loopback(host: str) -> bool:
 
 
 async def _check_stores(settings: Settings) -> None:
-    stores = await backends.open_stores(settings, check_redis="full")
-    await stores.close()
+    opened = await stores.open_stores(settings, check_redis="full")
+    await opened.close()
 
 
 def startup_summary(settings: Settings, config_path: str | None) -> list[str]:
     """What this gateway serves from, printed at start: a wrong file or an empty ledger shows at once."""
     config = str(Path(config_path).resolve()) if config_path else "none (defaults and environment)"
-    lines = [f"config:    {config}", f"ledger:    {backends.describe_database(settings)}",
-             f"holds:     {backends.describe_holds(settings)}"]
+    lines = [f"config:    {config}", f"ledger:    {stores.describe_database(settings)}",
+             f"holds:     {stores.describe_holds(settings)}"]
     if not settings.providers:
         lines.append("providers: none configured: every model call is a 404 (add [providers.NAME] to the config)")
     for name, provider in settings.providers.items():

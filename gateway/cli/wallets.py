@@ -18,7 +18,7 @@ async def wallet_create(ops: Any, settings: Settings, args: argparse.Namespace) 
 
 
 async def wallet_credit(ops: Any, settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.operations import new_credit_id
+    from gateway.money.operations import new_credit_id
 
     amount = parse_usd(args.amount)
     if amount <= 0:

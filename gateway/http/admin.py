@@ -20,7 +20,7 @@ from gateway.http import admin_models as inputs
 from gateway.http.auth import bearer_matches
 from gateway.http.responses import error_response
 from gateway.http.state import STATE
-from gateway.operations import Operations, new_credit_id
+from gateway.money.operations import Operations, new_credit_id
 from ledger.errors import AccountExists, IdempotencyConflict, UnknownAccount
 from ledger.holds import HoldStoreUnavailable
 from ledger.money import MoneyFormatError, format_usd, parse_usd

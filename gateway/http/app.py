@@ -10,7 +10,6 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway import errors
-from gateway.backends import Stores, open_stores
 from gateway.http import admin, models, readiness
 from gateway.http.auth import KeyCache, bearer_matches
 from gateway.http.proxy import ENDPOINTS, Proxy, new_request_id
@@ -23,6 +22,7 @@ from gateway.money.calls import build_routes
 from gateway.money.hold_recovery import heartbeat_forever
 from gateway.money.replay import replay_at_start
 from gateway.money.settlement import settler_for
+from gateway.money.stores import Stores, open_stores
 from gateway.money.sweeper import sweep_forever
 from gateway.upstream import Upstream
 

@@ -27,7 +27,7 @@ from gateway.metering.metering import meter
 from gateway.metrics import Metrics
 from gateway.money.billing import Billing, Hold, Refused
 from gateway.money.calls import Call, Route, usage_record
-from gateway.operations import REQUEST_ID_PREFIX
+from gateway.money.operations import REQUEST_ID_PREFIX
 from gateway.upstream import Upstream, UpstreamFailed
 from ledger.book import SettleResult
 from ledger.money import format_usd

@@ -17,7 +17,7 @@ from gateway.dialects.openai import UPSTREAM_PATHS, Request
 from gateway.metering.media import MediaRates
 from gateway.metering.metering import Metered, rates_of
 from gateway.metering.tokens import EncodingChoice, encoding_for
-from ledger.book import ApiKeyRecord, UsageRecord
+from ledger.book import REVENUE_ACCOUNT, ApiKeyRecord, Payee, UsageRecord
 
 log = logging.getLogger("meterway.calls")
 
@@ -93,4 +93,15 @@ def usage_record(call: Call, held_nusd: int, metered: Metered, status: str, upst
         cached_input_per_1m_nusd=price.cached_input_per_1m_nusd, output_per_1m_nusd=price.output_per_1m_nusd,
         per_call_nusd=price.per_call_nusd, cost_nusd=metered.cost_nusd, held_nusd=held_nusd,
         latency_ms=(time.perf_counter() - call.started) * 1000, upstream_latency_ms=upstream_s * 1000,
+        payees=payees(call.route, metered.cost_nusd),
     )
+
+
+def payees(route: Route, cost_nusd: int) -> tuple[Payee, ...]:
+    """Who receives a request's cost: the pricing decision the ledger settles by.
+
+    Today all of it is the operator's revenue. A BYOK fee, a creator's share or
+    a referral cut (later issues) are more payees here; the ledger needs no change.
+    """
+    assert cost_nusd >= 0, cost_nusd
+    return (Payee(REVENUE_ACCOUNT, cost_nusd),) if cost_nusd else ()
