@@ -251,6 +251,18 @@ class SettleResult:
         assert self.charged_nusd >= 0 and self.shortfall_nusd >= 0, self
 
 
+def check_settle_results(items: Sequence[UsageRecord], results: Sequence[SettleResult]) -> None:
+    """Postconditions at the money boundary, whichever book settled: one result per item, in
+    order; what was settled split the cost exactly; what was refused moved nothing."""
+    assert [r.request_id for r in results] == [i.request_id for i in items], "settle results out of order"
+    for item, result in zip(items, results, strict=True):
+        if result.outcome is SettleOutcome.SETTLED:
+            assert result.charged_nusd + result.shortfall_nusd == item.cost_nusd, (item, result)
+            assert result.balance_nusd >= 0 and (result.shortfall_nusd == 0 or result.balance_nusd == 0), (item, result)
+        elif result.outcome is not SettleOutcome.REPLAY:
+            assert result.charged_nusd == result.shortfall_nusd == 0, (item, result)
+
+
 @dataclass(frozen=True)
 class SettledUsage:
     record: UsageRecord

@@ -30,6 +30,7 @@ from ledger.book import (
     TransferRecord,
     UsageRecord,
     Wallet,
+    check_settle_results,
     migration_files,
     validate_wallet_id,
 )
@@ -205,7 +206,7 @@ class PostgresBook:
             ]
 
         results = await self._with(run)
-        assert [r.request_id for r in results] == [i.request_id for i in items], "settle results out of order"
+        check_settle_results(items, results)
         return results
 
     async def usage(self, request_id: str) -> SettledUsage | None:

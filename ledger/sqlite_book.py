@@ -28,6 +28,7 @@ from ledger.book import (
     TransferRecord,
     UsageRecord,
     Wallet,
+    check_settle_results,
     migration_files,
     validate_wallet_id,
 )
@@ -143,7 +144,9 @@ class SqliteBook:
     async def settle_batch(self, items: Sequence[UsageRecord]) -> list[SettleResult]:
         if not items:
             return []
-        return await self._run(lambda conn: postings.atomic(conn, lambda c: postings.settle_batch(c, items)))
+        results = await self._run(lambda conn: postings.atomic(conn, lambda c: postings.settle_batch(c, items)))
+        check_settle_results(items, results)
+        return results
 
     async def usage(self, request_id: str) -> SettledUsage | None:
         def read(conn: sqlite3.Connection) -> SettledUsage | None:

@@ -225,3 +225,19 @@ def _raw(book):
     async def run_postgres(sql: str) -> None:
         await book._with(lambda conn: conn.execute(sql))
     return run_postgres
+
+
+async def test_every_kind_python_names_is_a_row_the_database_knows(book) -> None:
+    from ledger.book import RECEIVABLE_KIND, WALLET_KIND, TransferKind
+
+    if isinstance(book, SqliteBook):
+        transfer_kinds = await book._run(lambda c: {r[0] for r in c.execute("SELECT kind FROM mw_transfer_kinds")})
+        account_kinds = await book._run(lambda c: {r[0]: (r[1], r[2]) for r in c.execute(
+            "SELECT kind, may_go_negative, is_wallet FROM mw_account_kinds")})
+    else:
+        transfer_kinds = {r[0] for r in await book._with(lambda c: c.fetch("SELECT kind FROM mw_transfer_kinds"))}
+        account_kinds = {r[0]: (r[1], r[2]) for r in await book._with(lambda c: c.fetch(
+            "SELECT kind, may_go_negative, is_wallet FROM mw_account_kinds"))}
+    assert {kind.value for kind in TransferKind} <= transfer_kinds
+    assert account_kinds[WALLET_KIND] == (False, True) and account_kinds[RECEIVABLE_KIND] == (True, False)
+    assert {k for k, (_, wallet) in account_kinds.items() if wallet} == {WALLET_KIND}
