@@ -49,6 +49,10 @@ class TransferKind(str, enum.Enum):
     REVERSAL = "reversal"  # money taken back (refund, chargeback, reorg, clawback); the rest is owed
 
 
+# Written only by settle_batch, so the usage log and these transfers always agree.
+SETTLE_KINDS = frozenset({TransferKind.USAGE, TransferKind.SHORTFALL})
+
+
 class TransferOutcome(str, enum.Enum):
     CREATED = "created"  # written now
     EXISTS = "exists"  # the same transfer was written before: success, nothing changed
@@ -118,6 +122,8 @@ class Posting:
     request_id: str | None = None
 
     def __post_init__(self) -> None:
+        if self.kind in SETTLE_KINDS:
+            raise ValueError("usage and shortfall transfers are written by settle_batch only (mw_usage tells their story)")
         if not 1 <= len(self.legs) <= POSTING_LEGS_MAX:
             raise ValueError(f"a posting has 1 to {POSTING_LEGS_MAX} legs")
         self.transfers()  # validates every leg (positive, two accounts)
@@ -152,6 +158,8 @@ class Reversal:
 
     def __post_init__(self) -> None:
         Transfer(self.reversal_id, self.account_id, self.counter_account, self.amount_nusd, self.kind)
+        if self.kind in SETTLE_KINDS:
+            raise ValueError("a reversal is not a settlement: use a reversal kind")
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,16 @@ from dataclasses import dataclass, field
 from ledger.book import (
     SHORTFALL_ACCOUNT,
     Payee,
+    Reversal,
+    ReversalResult,
     SettleOutcome,
     SettleResult,
     TransferKind,
+    TransferOutcome,
     UsageRecord,
 )
+from ledger.errors import IdempotencyConflict
+from ledger.postings import receivable_account, reversal_transfers
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class SettleModel:
     versions: dict[str, int] = field(default_factory=dict)
     wallets: set[str] = field(default_factory=set)
     settled: dict[str, _Settled] = field(default_factory=dict)
+    reversals: dict[str, tuple[Reversal, ReversalResult]] = field(default_factory=dict)
 
     def add_account(self, account_id: str, balance_nusd: int = 0, *, wallet: bool = False) -> None:
         self.balances[account_id] = balance_nusd
@@ -116,3 +122,24 @@ class SettleModel:
         self.settled[item.request_id] = _Settled(item.wallet_id, item.cost_nusd, item.payees, charged, shortfall)
         return SettleResult(item.request_id, SettleOutcome.SETTLED, charged, shortfall,
                             self.balances[item.wallet_id], self.versions[item.wallet_id])
+
+    def reverse(self, reversal: Reversal) -> ReversalResult:
+        """Book.reverse() in dictionaries; the split is ledger/postings.py's, as both books use it."""
+        if reversal.reversal_id in self.reversals:
+            first, result = self.reversals[reversal.reversal_id]
+            if first != reversal:
+                raise IdempotencyConflict(f"reversal {reversal.reversal_id!r} exists with different content")
+            return ReversalResult(result.taken_nusd, result.owed_nusd, TransferOutcome.EXISTS)
+        assert reversal.account_id in self.wallets and reversal.counter_account in self.balances, reversal
+        receivable = receivable_account(reversal.account_id)
+        if receivable not in self.balances:
+            self.add_account(receivable)
+        taken, owed, transfers = reversal_transfers(reversal, self.balances[reversal.account_id])
+        for transfer in transfers:
+            self.move(transfer.debit_account, transfer.credit_account, transfer.amount_nusd)
+        result = ReversalResult(taken, owed, TransferOutcome.CREATED)
+        self.reversals[reversal.reversal_id] = (reversal, result)
+        return result
+
+    def owed(self, account_id: str) -> int:
+        return -self.balances.get(receivable_account(account_id), 0)

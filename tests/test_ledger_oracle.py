@@ -3,7 +3,7 @@
 Hypothesis generates cases (wallets and balances, batches of requests with
 multi-payee splits, replays, conflicts, unknown wallets and payees); the SAME
 case runs on SqliteBook and on PostgresBook, and the model is the oracle for
-every SettleResult and for every balance at the end.
+every SettleResult, every reversal, and every balance at the end.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from ledger.book import (
     SHORTFALL_ACCOUNT,
     Book,
     Payee,
+    Reversal,
+    ReversalResult,
     UsageRecord,
     check_invariants,
 )
+from ledger.errors import IdempotencyConflict
 from ledger.model import SettleModel
 from ledger.postgres_book import PostgresBook
 from ledger.sqlite_book import SqliteBook
@@ -43,9 +46,19 @@ item_strategy = st.tuples(
     st.sampled_from(("revenue", "split", "split-reversed", "unknown-payee")),
     st.integers(1, 99),  # the first payee's share, in percent
 )
+reversal_strategy = st.tuples(
+    st.sampled_from(("x0", "x1", "x2")),  # a small pool of reversal ids: replays and conflicts
+    st.sampled_from(WALLETS),
+    st.sampled_from((FUNDING_ACCOUNT, REVENUE_ACCOUNT)),
+    st.integers(1, 900),
+)
+step_strategy = st.one_of(
+    st.tuples(st.just("settle"), st.lists(item_strategy, min_size=1, max_size=6)),
+    st.tuples(st.just("reverse"), reversal_strategy),
+)
 case_strategy = st.tuples(
     st.tuples(*(st.integers(0, 800) for _ in WALLETS)),  # opening balances
-    st.lists(st.lists(item_strategy, min_size=1, max_size=6), min_size=1, max_size=4),  # batches
+    st.lists(step_strategy, min_size=1, max_size=6),
 )
 
 
@@ -83,7 +96,7 @@ async def open_book(backend: str, tmp_dir: str) -> AsyncIterator[Book]:
 
 
 async def run_case(backend: str, tmp_dir: str, case: tuple) -> None:
-    openings, batches = case
+    openings, steps = case
     model = SettleModel()
     for account in SYSTEM:
         model.add_account(account)
@@ -94,14 +107,30 @@ async def run_case(backend: str, tmp_dir: str, case: tuple) -> None:
             if opening:
                 await book.transfer(deposit(f"open-{wallet}", wallet, opening))
                 model.move(FUNDING_ACCOUNT, wallet, opening)
-        for batch in batches:
-            items = [make_item(*spec) for spec in batch]
-            expected = model.settle_batch(items)
-            assert await book.settle_batch(items) == expected, (backend, batch)
+        for kind, step in steps:
+            if kind == "settle":
+                items = [make_item(*spec) for spec in step]
+                expected = model.settle_batch(items)
+                assert await book.settle_batch(items) == expected, (backend, step)
+            else:
+                await check_reversal(book, model, Reversal(*step))
         for account in (*WALLETS, *SYSTEM):
             stored = await book_balance(book, account)
             assert stored == (model.balances[account], model.versions[account]), (backend, account)
+            assert await book.owed(account) == model.owed(account), (backend, account)
         check_invariants(await book.totals())
+
+
+async def check_reversal(book: Book, model: SettleModel, reversal: Reversal) -> None:
+    try:
+        expected: ReversalResult | type[IdempotencyConflict] = model.reverse(reversal)
+    except IdempotencyConflict:
+        expected = IdempotencyConflict
+    try:
+        got: ReversalResult | type[IdempotencyConflict] = await book.reverse(reversal)
+    except IdempotencyConflict:
+        got = IdempotencyConflict
+    assert got == expected, reversal
 
 
 async def book_balance(book: Book, account: str) -> tuple[int, int]:
