@@ -174,6 +174,16 @@ async def test_sqlite_0001_book_with_money_migrates_to_0002_intact(tmp_path) -> 
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+    # The rebuild left the same schema a fresh book has: tables, indexes, triggers.
+    fresh = SqliteBook(str(tmp_path / "fresh.sqlite3"))
+    await fresh.migrate()
+    await fresh.close()
+    assert sqlite_schema(path) == sqlite_schema(str(tmp_path / "fresh.sqlite3"))
+    objects = "SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
+    migrated, created = sqlite3.connect(path), sqlite3.connect(str(tmp_path / "fresh.sqlite3"))
+    assert migrated.execute(objects).fetchall() == created.execute(objects).fetchall()
+    migrated.close()
+    created.close()
 
 
 async def test_postgres_0001_book_with_money_migrates_to_0002_intact() -> None:
@@ -195,6 +205,11 @@ async def test_postgres_0001_book_with_money_migrates_to_0002_intact() -> None:
             await _check_migrated_book(book)
         finally:
             await book.close()
+        async with pg_schema() as fresh_dsn:
+            fresh = await PostgresBook.connect(fresh_dsn)
+            await fresh.migrate()
+            await fresh.close()
+            assert await postgres_schema(dsn) == await postgres_schema(fresh_dsn)
 
 
 async def test_a_new_kind_is_one_row_and_an_unknown_kind_is_refused(book) -> None:
