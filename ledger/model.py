@@ -46,27 +46,25 @@ def settle_legs(item: UsageRecord, balance_nusd: int) -> tuple[int, int, list[Se
     charged = min(item.cost_nusd, balance_nusd)
     shortfall = item.cost_nusd - charged
     legs: list[SettleLeg] = []
-    wallet_left_nusd = charged
+    wallet_left_nusd, shortfall_left_nusd = charged, shortfall
     for index, payee in enumerate(item.payees):
-        legs.extend(_payee_legs(item, index, payee, min(payee.amount_nusd, wallet_left_nusd)))
-        wallet_left_nusd -= min(payee.amount_nusd, wallet_left_nusd)
+        from_wallet_nusd = min(payee.amount_nusd, wallet_left_nusd)
+        wallet_left_nusd -= from_wallet_nusd
+        shortfall_left_nusd -= payee.amount_nusd - from_wallet_nusd
+        _payee_legs(legs, item, index, payee, from_wallet_nusd)
     # Postconditions: the money moved is the cost, split as promised.
-    assert wallet_left_nusd == 0, item
+    assert wallet_left_nusd == 0 and shortfall_left_nusd == 0, (item, balance_nusd)
     assert charged + shortfall == item.cost_nusd and 0 <= charged <= balance_nusd, (item, balance_nusd)
-    assert sum(leg.amount_nusd for leg in legs if leg.kind is TransferKind.USAGE) == charged, legs
-    assert sum(leg.amount_nusd for leg in legs if leg.kind is TransferKind.SHORTFALL) == shortfall, legs
     return charged, shortfall, legs
 
 
-def _payee_legs(item: UsageRecord, index: int, payee: Payee, from_wallet_nusd: int) -> list[SettleLeg]:
-    legs = []
+def _payee_legs(legs: list[SettleLeg], item: UsageRecord, index: int, payee: Payee, from_wallet_nusd: int) -> None:
     transfer_id = payee_transfer_id(item.request_id, index)
     if from_wallet_nusd > 0:
         legs.append(SettleLeg(transfer_id, item.wallet_id, payee.account_id, from_wallet_nusd, TransferKind.USAGE))
     if payee.amount_nusd > from_wallet_nusd:
         legs.append(SettleLeg(f"{transfer_id}:shortfall", SHORTFALL_ACCOUNT, payee.account_id,
                               payee.amount_nusd - from_wallet_nusd, TransferKind.SHORTFALL))
-    return legs
 
 
 @dataclass(frozen=True)

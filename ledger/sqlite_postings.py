@@ -8,10 +8,11 @@ lock to batch away, and each UPDATE touches a page already in the transaction.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+import orjson
 
 from ledger.book import (
     RECEIVABLE_KIND,
@@ -112,7 +113,7 @@ def _settle_one(conn: sqlite3.Connection, item: UsageRecord, known: dict[str, bo
     ).fetchone()
     if prior is not None:
         balance, version = _balance(conn, prior[0])
-        if (prior[0], prior[1], json.loads(prior[2])) == (item.wallet_id, item.cost_nusd, payees_json(item.payees)):
+        if (prior[0], prior[1], orjson.loads(prior[2])) == (item.wallet_id, item.cost_nusd, payees_json(item.payees)):
             return SettleResult(item.request_id, SettleOutcome.REPLAY, prior[3], prior[4], balance, version)
         return SettleResult(item.request_id, SettleOutcome.CONFLICT, 0, 0, balance, version)
     row = conn.execute(_WALLET_BALANCE, (item.wallet_id,)).fetchone()
@@ -126,7 +127,7 @@ def _settle_one(conn: sqlite3.Connection, item: UsageRecord, known: dict[str, bo
         (leg.transfer_id, item.request_id, leg.debit_account, leg.credit_account, leg.amount_nusd, leg.kind.value,
          item.request_id, None) for leg in legs
     ])
-    payees = json.dumps(payees_json(item.payees), separators=(",", ":"))
+    payees = orjson.dumps(payees_json(item.payees)).decode()
     conn.execute(_USAGE_INSERT, (*(getattr(item, name) for name in USAGE_COLUMNS), payees, charged, shortfall))
     # What the row trigger just did; settle_legs() asserted charged <= balance.
     after_balance, after_version = balance - charged, version + sum(1 for leg in legs if leg.debit_account == item.wallet_id)
