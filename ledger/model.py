@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 from ledger.book import (
     SHORTFALL_ACCOUNT,
     Payee,
+    Posting,
     Reversal,
     ReversalResult,
     SettleOutcome,
     SettleResult,
     TransferKind,
     TransferOutcome,
+    TransferRecord,
     UsageRecord,
 )
-from ledger.errors import IdempotencyConflict
-from ledger.postings import receivable_account, reversal_transfers
+from ledger.errors import IdempotencyConflict, InsufficientFunds, UnknownAccount
+from ledger.postings import check_posting_replay, first_overdraft, receivable_account, reversal_transfers
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,19 @@ class SettleModel:
     balances: dict[str, int] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
     wallets: set[str] = field(default_factory=set)
+    may_go_negative: set[str] = field(default_factory=set)
+    postings: dict[str, Posting] = field(default_factory=dict)
     settled: dict[str, _Settled] = field(default_factory=dict)
     reversals: dict[str, tuple[Reversal, ReversalResult]] = field(default_factory=dict)
 
-    def add_account(self, account_id: str, balance_nusd: int = 0, *, wallet: bool = False) -> None:
+    def add_account(self, account_id: str, balance_nusd: int = 0, *, wallet: bool = False,
+                    may_go_negative: bool = False) -> None:
         self.balances[account_id] = balance_nusd
         self.versions[account_id] = 0
         if wallet:
             self.wallets.add(account_id)
+        if may_go_negative:
+            self.may_go_negative.add(account_id)
 
     def move(self, debit: str, credit: str, amount_nusd: int) -> None:
         for account, delta in ((debit, -amount_nusd), (credit, amount_nusd)):
@@ -131,7 +138,7 @@ class SettleModel:
         assert reversal.account_id in self.wallets and reversal.counter_account in self.balances, reversal
         receivable = receivable_account(reversal.account_id)
         if receivable not in self.balances:
-            self.add_account(receivable)
+            self.add_account(receivable, may_go_negative=True)
         taken, owed, transfers = reversal_transfers(reversal, self.balances[reversal.account_id])
         for transfer in transfers:
             self.move(transfer.debit_account, transfer.credit_account, transfer.amount_nusd)
@@ -141,3 +148,23 @@ class SettleModel:
 
     def owed(self, account_id: str) -> int:
         return -self.balances.get(receivable_account(account_id), 0)
+
+    def post(self, posting: Posting) -> TransferOutcome:
+        """Book.post() in dictionaries: legs checked in order, all or nothing, idempotent by id."""
+        transfers = posting.transfers()
+        first = self.postings.get(posting.posting_id)
+        if first is not None:
+            return check_posting_replay(posting.posting_id, transfers, _as_records(first))
+        unknown = [a for t in transfers for a in (t.debit_account, t.credit_account) if a not in self.balances]
+        if unknown:
+            raise UnknownAccount(f"no account {unknown[0]!r}")
+        if first_overdraft(transfers, self.balances, self.may_go_negative) is not None:
+            raise InsufficientFunds(f"posting {posting.posting_id!r}: an account cannot pay its leg")
+        for transfer in transfers:
+            self.move(transfer.debit_account, transfer.credit_account, transfer.amount_nusd)
+        self.postings[posting.posting_id] = posting
+        return TransferOutcome.CREATED
+
+
+def _as_records(posting: Posting) -> list[TransferRecord]:
+    return [TransferRecord(transfer, "", posting.posting_id) for transfer in posting.transfers()]

@@ -3,7 +3,7 @@
 Hypothesis generates cases (wallets and balances, batches of requests with
 multi-payee splits, replays, conflicts, unknown wallets and payees); the SAME
 case runs on SqliteBook and on PostgresBook, and the model is the oracle for
-every SettleResult, every reversal, and every balance at the end.
+every SettleResult, every reversal and posting, and every balance at the end.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from ledger.book import (
     REVENUE_ACCOUNT,
     SHORTFALL_ACCOUNT,
     Book,
+    Leg,
     Payee,
+    Posting,
     Reversal,
     ReversalResult,
+    TransferKind,
     UsageRecord,
     check_invariants,
 )
-from ledger.errors import IdempotencyConflict
+from ledger.errors import IdempotencyConflict, InsufficientFunds, UnknownAccount
 from ledger.model import SettleModel
 from ledger.postgres_book import PostgresBook
 from ledger.sqlite_book import SqliteBook
@@ -52,9 +55,13 @@ reversal_strategy = st.tuples(
     st.sampled_from((FUNDING_ACCOUNT, REVENUE_ACCOUNT)),
     st.integers(1, 900),
 )
+leg_strategy = st.tuples(st.sampled_from((*WALLETS, REVENUE_ACCOUNT, FUNDING_ACCOUNT, "nobody")),
+                         st.sampled_from((*WALLETS, REVENUE_ACCOUNT)), st.integers(1, 500))
+posting_strategy = st.tuples(st.sampled_from(("p0", "p1", "p2")), st.lists(leg_strategy, min_size=1, max_size=3))
 step_strategy = st.one_of(
     st.tuples(st.just("settle"), st.lists(item_strategy, min_size=1, max_size=6)),
     st.tuples(st.just("reverse"), reversal_strategy),
+    st.tuples(st.just("post"), posting_strategy),
 )
 case_strategy = st.tuples(
     st.tuples(*(st.integers(0, 800) for _ in WALLETS)),  # opening balances
@@ -99,7 +106,7 @@ async def run_case(backend: str, tmp_dir: str, case: tuple) -> None:
     openings, steps = case
     model = SettleModel()
     for account in SYSTEM:
-        model.add_account(account)
+        model.add_account(account, may_go_negative=account != REVENUE_ACCOUNT)
     async with open_book(backend, tmp_dir) as book:
         for wallet, opening in zip(WALLETS, openings, strict=True):
             await book.create_wallet(wallet)
@@ -112,8 +119,10 @@ async def run_case(backend: str, tmp_dir: str, case: tuple) -> None:
                 items = [make_item(*spec) for spec in step]
                 expected = model.settle_batch(items)
                 assert await book.settle_batch(items) == expected, (backend, step)
-            else:
+            elif kind == "reverse":
                 await check_reversal(book, model, Reversal(*step))
+            else:
+                await check_posting(book, model, step)
         for account in (*WALLETS, *SYSTEM):
             stored = await book_balance(book, account)
             assert stored == (model.balances[account], model.versions[account]), (backend, account)
@@ -133,6 +142,24 @@ async def check_reversal(book: Book, model: SettleModel, reversal: Reversal) -> 
     assert got == expected, reversal
 
 
+async def check_posting(book: Book, model: SettleModel, step: tuple) -> None:
+    posting_id, legs = step
+    legs = [Leg(*leg) for leg in legs if leg[0] != leg[1]]
+    if not legs:
+        return
+    posting = Posting(posting_id, TransferKind.PAYMENT, tuple(legs))
+    refusals = (IdempotencyConflict, InsufficientFunds, UnknownAccount)
+    try:
+        expected: object = model.post(posting)
+    except refusals as exc:
+        expected = type(exc)
+    try:
+        got: object = await book.post(posting)
+    except refusals as exc:
+        got = type(exc)
+    assert got == expected, posting
+
+
 async def book_balance(book: Book, account: str) -> tuple[int, int]:
     wallet = await book.wallet(account)
     if wallet is not None:
@@ -144,7 +171,7 @@ async def book_balance(book: Book, account: str) -> tuple[int, int]:
 
 
 def test_both_books_settle_exactly_as_the_model_says(tmp_path) -> None:
-    @settings(max_examples=40, deadline=None, database=None,
+    @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(case_strategy)
     def scenario(case: tuple) -> None:
