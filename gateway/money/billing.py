@@ -25,10 +25,12 @@ from types import TracebackType
 from gateway.metering.metering import Estimate
 from gateway.money.calls import Call
 from gateway.money.settlement import SettlementUnavailable, Settler
-from ledger.book import Book, SettleResult, UsageRecord
+from ledger.book import Book, SettleOutcome, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
 
+# Outcomes that mean the request is in the book, as charged and shown.
+CHARGED = frozenset({SettleOutcome.SETTLED, SettleOutcome.REPLAY})
 # Bounds the memory of when each wallet was last re-read from the book.
 REFRESH_ENTRIES_MAX = 100_000
 
@@ -106,6 +108,8 @@ class Hold:
         except SettlementUnavailable as exc:
             return Unsettled(str(exc))
         assert result.request_id == self.request_id, (self, result)
+        if result.outcome not in CHARGED:
+            return Unsettled(f"the ledger wrote nothing for this request ({result.outcome.value})")
         return result
 
     async def release(self) -> None:

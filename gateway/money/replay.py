@@ -19,6 +19,9 @@ from ledger.holds import HoldSettlement, HoldStore
 
 log = logging.getLogger("meterway.settlement")
 
+# Outcomes of settle_batch after which the book holds nothing of the record.
+NOTHING_WRITTEN = frozenset({SettleOutcome.UNKNOWN_WALLET, SettleOutcome.UNKNOWN_PAYEE})
+
 
 @dataclass
 class ReplayReport:
@@ -93,7 +96,7 @@ class Replayer:
         for start in range(0, len(unique), step):
             chunk = unique[start: start + step]
             try:
-                await self._replay_chunk(chunk, report)
+                kept += await self._replay_chunk(chunk, report)
             except LedgerUnavailable:
                 kept += unique[start:]
                 raise
@@ -101,7 +104,7 @@ class Replayer:
                 # One bad record must not keep the others out: try each alone.
                 for entry in chunk:
                     try:
-                        await self._replay_chunk([entry], report)
+                        kept += await self._replay_chunk([entry], report)
                     except LedgerUnavailable:
                         kept += unique[start + chunk.index(entry):]
                         raise
@@ -110,11 +113,13 @@ class Replayer:
                         report.errors.append(f"{entry.record and entry.record.request_id}: {exc}")
                         kept.append(entry)
 
-    async def _replay_chunk(self, chunk: list[JournalEntry], report: ReplayReport) -> None:
+    async def _replay_chunk(self, chunk: list[JournalEntry], report: ReplayReport) -> list[JournalEntry]:
+        """Commit a chunk; returns the entries that must stay in the journal (a payee account missing)."""
         records = [entry.record for entry in chunk if entry.record is not None]
+        stay = []
         results = await self._book.settle_batch(records)
         check_results(records, results)
-        for record, result in zip(records, results, strict=True):
+        for entry, record, result in zip(chunk, records, results, strict=True):
             if result.outcome is SettleOutcome.SETTLED:
                 report.settled += 1
             elif result.outcome is SettleOutcome.REPLAY:
@@ -122,6 +127,11 @@ class Replayer:
             elif result.outcome is SettleOutcome.CONFLICT:
                 report.conflicts += 1
                 log.error("journal replay: %s was settled before with another cost; left as it was", record.request_id)
+            elif result.outcome is SettleOutcome.UNKNOWN_PAYEE:
+                # A pricing bug or an account not created yet: keep it until an operator fixes that.
+                stay.append(entry)
+                log.error("journal replay: %s names a payee account that does not exist; kept in the journal",
+                          record.request_id)
             else:
                 report.unknown_wallets += 1
                 log.error("journal replay: %s names unknown wallet %r; nothing charged", record.request_id, record.wallet_id)
@@ -129,6 +139,7 @@ class Replayer:
             await release_holds(self._holds, records, results)
         except Exception as exc:
             log.warning("journal replay: hold release failed; the holds will expire: %s", exc)
+        return stay
 
 
 
@@ -152,10 +163,9 @@ async def release_holds(holds: HoldStore, records: Sequence[UsageRecord], result
     settled = [
         HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version)
         for record, result in zip(records, results, strict=True)
-        if result.outcome is not SettleOutcome.UNKNOWN_WALLET
-        and (record.held_nusd or result.charged_nusd or result.shortfall_nusd)
+        if result.outcome not in NOTHING_WRITTEN and (record.held_nusd or result.charged_nusd or result.shortfall_nusd)
     ]
-    unknown = [record for record, result in zip(records, results, strict=True) if result.outcome is SettleOutcome.UNKNOWN_WALLET]
+    unknown = [record for record, result in zip(records, results, strict=True) if result.outcome in NOTHING_WRITTEN]
     await holds.settle_many(settled)
     for record in unknown:
         await holds.release(record.wallet_id, record.request_id)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from config.settings import Settings
 from gateway.money.journal import Journal, keep_or_log
 from gateway.money.replay import Replayer, ReplayReport, check_results, release_holds
-from ledger.book import Book, SettleResult, UsageRecord
+from ledger.book import Book, SettleOutcome, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable
 
@@ -343,6 +343,9 @@ class Settler:
 
     async def _finish(self, batch: list[_Pending], results: list[SettleResult]) -> None:
         """Release the committed batch's holds, then wake its waiters (always, even if Redis fails)."""
+        unpaid = [p.record for p, r in zip(batch, results, strict=True) if r.outcome is SettleOutcome.UNKNOWN_PAYEE]
+        if unpaid:  # nothing written for these: kept in the journal until the payee account exists
+            await self._journal_records(unpaid, "a payee account does not exist")
         try:
             await release_holds(self._holds, [p.record for p in batch], results)
         except HoldStoreUnavailable as exc:
