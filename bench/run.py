@@ -577,7 +577,7 @@ OWN_CODE = ("gateway/", "ledger/", "config/", "passthrough.py")
 
 
 def frame_file(frame: str) -> str:
-    """'handle (gateway/proxy.py)' -> 'gateway/proxy.py'."""
+    """'handle (gateway/http/proxy.py)' -> 'gateway/http/proxy.py'."""
     match = re.search(r"\(([^()]*)\)$", frame)
     return match.group(1) if match else frame
 

@@ -185,7 +185,7 @@ class Limits(_Frozen):
     redis_pipeline_max: int = Field(256, gt=0)
     # Redis data loss (FLUSHDB, a restart without persistence): each gateway
     # checks the hold store's generation this often and, when it changed,
-    # re-registers its open holds (ledger/redis_holds.py). No new hold is
+    # re-registers its open holds (ledger/redis_recovery.py). No new hold is
     # granted under a generation younger than the grace, so every live
     # gateway has re-registered first; it must exceed the heartbeat interval
     # plus redis_timeout_s. A brand-new Redis (first deploy) pays it once.

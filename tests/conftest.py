@@ -120,7 +120,7 @@ async def store_settings(backend: str, tmp_path) -> AsyncIterator[dict]:
         await migrator.close()
         prefix = f"mwt{uuid.uuid4().hex[:10]}"
         # An established deployment: a generation born long ago, so the gateways
-        # do not wait out the grace a brand-new Redis pays once (ledger/redis_holds.py).
+        # do not wait out the grace a brand-new Redis pays once (ledger/redis_recovery.py).
         await client.hset(f"{prefix}:generation", mapping={"id": "test", "born_ms": 0})
         try:
             yield {"database_url": dsn, "redis_url": REDIS_TEST_URL, "redis_prefix": prefix,

