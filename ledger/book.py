@@ -214,10 +214,16 @@ class UsageRecord:
     def __post_init__(self) -> None:
         assert self.cost_nusd >= 0 and self.held_nusd >= 0, self
         assert self.cost_nusd <= AMOUNT_NUSD_MAX, self
-        payees = tuple(_payee(p) for p in self.payees)
+        payees = self.payees
+        if type(payees) is not tuple or not all(type(p) is Payee for p in payees):
+            payees = tuple(_payee(p) for p in payees)  # from JSON (the journal) or a list
         if not payees and self.cost_nusd > 0:
             payees = (Payee(REVENUE_ACCOUNT, self.cost_nusd),)
-        object.__setattr__(self, "payees", payees)
+        if payees is not self.payees:
+            object.__setattr__(self, "payees", payees)
+        if len(payees) == 1:  # the usual case, checked without building a list and a set
+            assert payees[0].amount_nusd == self.cost_nusd and payees[0].account_id != self.wallet_id, self
+            return
         assert len(payees) <= PAYEES_MAX, self
         assert sum(p.amount_nusd for p in payees) == self.cost_nusd, self
         accounts = [p.account_id for p in payees]

@@ -109,7 +109,7 @@ class Proxy:
 
     async def _forward(self, call: Call, hold: Hold) -> web.StreamResponse:
         sent = time.perf_counter()
-        reply = await self._upstream.post(call.route.url(call.endpoint), call.body, call.route.headers_json)
+        reply = await self._upstream.post(call.route.url, call.body, call.route.headers_json)
         if isinstance(reply, UpstreamFailed):
             await hold.release()
             return upstream_failed(self._metrics, call, reply)

@@ -45,7 +45,7 @@ class Relay:
     async def relay(self, request: web.Request, call: Call, hold: Hold) -> web.StreamResponse:
         sent = time.perf_counter()
         body = openai.body_for_stream(call.request, call.body)
-        stream = await self._upstream.stream(call.route.url(call.endpoint), body, call.route.headers_stream)
+        stream = await self._upstream.stream(call.route.url, body, call.route.headers_stream)
         if isinstance(stream, UpstreamFailed):
             await hold.release()
             return upstream_failed(self._metrics, call, stream)

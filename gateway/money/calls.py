@@ -34,12 +34,10 @@ class Route:
     api_key: str | None
     encoding: EncodingChoice  # what this model's tokens are counted with
     rates: MediaRates  # what its images, audio and files cost in tokens
-    # Built once: the headers of every request sent upstream for this model.
+    # Built once: where requests for this model go, and their headers.
+    url: str
     headers_json: dict[str, str]
     headers_stream: dict[str, str]
-
-    def url(self, endpoint: str) -> str:
-        return self.provider.base_url + UPSTREAM_PATHS[endpoint]
 
 
 def build_routes(settings: Settings) -> dict[str, Route]:
@@ -52,7 +50,7 @@ def build_routes(settings: Settings) -> dict[str, Route]:
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         routes[name] = Route(
             name, model, model.price(), provider_name, provider, api_key, encoding_for(name, model.encoding),
-            rates_of(name, model),
+            rates_of(name, model), url=provider.base_url + UPSTREAM_PATHS[model.kind],
             headers_json={"Content-Type": "application/json", "Accept": "application/json", **auth},
             headers_stream={"Content-Type": "application/json", "Accept": "text/event-stream", **auth},
         )
