@@ -1,7 +1,7 @@
 """Choosing the stores: SQLite + in-process holds (embedded) or Postgres + Redis.
 
 Each third-party client is created here and handed to the ledger, which never
-imports aiohttp, and only redis_holds imports redis.
+imports aiohttp, and only ledger/redis_*.py import redis.
 
 Opening the stores is also where a start is refused, with a message that says
 what to do: a database that cannot be reached, a Postgres schema that is
