@@ -115,7 +115,7 @@ def estimate(request: Request, body_bytes: int, price: ModelPrice, encoding: tok
     """The worst case from the body's size (free); tokenizing is left to tighten(), if needed."""
     bound = openai_prompt.media_bound(request.endpoint, request.payload, rates)
     most = worst_case_nusd(price, body_bytes + bound.most, request.output_tokens_max)
-    least = worst_case_nusd(price, bound.least, request.output_tokens_max)
+    least = functools.partial(worst_case_nusd, price, bound.least, request.output_tokens_max)
     tighten = functools.partial(_tight_nusd, request, body_bytes, price, encoding, rates, tokenize_bytes_max)
     return Estimate(most, least, tighten)
 

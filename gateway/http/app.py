@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, stores: Stores | None = None) -> web.Application:
     """stores=None: open them from settings (and close them) with the app."""
     app = web.Application(client_max_size=settings.limits.body_bytes_max, middlewares=[_errors_middleware])
-    app.cleanup_ctx.append(_lifetime(settings, stores))
+    proxy = Proxy(settings.limits)
+    app.cleanup_ctx.append(_lifetime(settings, stores, proxy))
     for path in ENDPOINTS:
-        app.router.add_post(path, _proxy)
+        app.router.add_post(path, proxy.handle)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
     app.router.add_get("/v1/usage/{request_id}", models.get_usage)
@@ -47,11 +48,7 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     return app
 
 
-async def _proxy(request: web.Request) -> web.StreamResponse:
-    return await request.app[STATE].proxy.handle(request)
-
-
-def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Application], AsyncIterator[None]]:
+def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         stores = given or await open_stores(settings)
         limits = settings.limits
@@ -67,7 +64,7 @@ def _lifetime(settings: Settings, given: Stores | None) -> Callable[[web.Applica
         billing = Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s)
         app[STATE] = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
-            metrics=metrics, routes=routes, proxy=Proxy(keys, routes, billing, upstream, metrics, limits),
+            metrics=metrics, routes=routes, proxy=proxy.attach(keys, routes, billing, upstream, metrics),
         )
         settler.start()
         sweeper = asyncio.create_task(sweep_forever(

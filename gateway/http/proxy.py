@@ -40,18 +40,32 @@ def new_request_id() -> str:
 
 
 class Proxy:
-    """The request handler, with only the collaborators it needs."""
+    """The request handler, with only the collaborators it needs.
 
-    def __init__(self, keys: KeyCache, routes: dict[str, Route], billing: Billing, upstream: Upstream,
-                 metrics: Metrics, limits: Limits) -> None:
+    Made with the app, so that its handle() is the route's handler itself;
+    its collaborators are attached when the app starts (gateway/http/app.py).
+    """
+
+    _keys: KeyCache
+    _routes: dict[str, Route]
+    _billing: Billing
+    _upstream: Upstream
+    _metrics: Metrics
+    _relay: Relay
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self.in_flight = 0
+
+    def attach(self, keys: KeyCache, routes: dict[str, Route], billing: Billing, upstream: Upstream,
+               metrics: Metrics) -> Proxy:
         self._keys = keys
         self._routes = routes
         self._billing = billing
         self._upstream = upstream
         self._metrics = metrics
-        self._limits = limits
-        self._relay = Relay(upstream, metrics, limits)
-        self.in_flight = 0
+        self._relay = Relay(upstream, metrics, self._limits)
+        return self
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -105,7 +119,7 @@ class Proxy:
         valid = openai.validate(endpoint, payload, route.model)
         if isinstance(valid, ApiError):
             return valid
-        return Call(request_id, key, route, valid, body, started)
+        return Call(request_id, endpoint, key, route, valid, body, started)
 
     async def _forward(self, call: Call, hold: Hold) -> web.StreamResponse:
         sent = time.perf_counter()

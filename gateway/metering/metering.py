@@ -43,12 +43,13 @@ class Estimate:
     """What a request may cost, known before it is forwarded."""
 
     most_nusd: int  # from the body's size and media at their most: free to compute
-    least_nusd: int  # the least it can cost (output, per call, images at their base)
+    # The least it can cost (output, per call, images at their base): asked only of a refusal.
+    least: Callable[[], int]
     # A tighter worst case, by tokenizing (CPU-bound: call it off the event loop).
     tighten: Callable[[], int]
 
     def __post_init__(self) -> None:
-        assert 0 <= self.least_nusd <= self.most_nusd, self
+        assert self.most_nusd >= 0, self
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ class Hold:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         trace: TracebackType | None) -> None:
         # Only an early return or an unexpected error gets here open: never leave money held by it.
-        await self.release()
+        if self._state is HoldState.OPEN:
+            await self.release()
         assert self._state is not HoldState.OPEN, self
 
     async def charge(self, record: UsageRecord) -> SettleResult | Unsettled:
@@ -144,11 +145,14 @@ class Billing:
         held = await self.reserve(wallet_id, request_id, estimate.most_nusd)
         # A refusal must stay cheap: when even the least this request can cost
         # is more than the wallet has, refuse without tokenizing anything.
-        if (isinstance(held, Refused) and held.reason is Refusal.INSUFFICIENT_FUNDS
-                and estimate.least_nusd <= held.available_nusd):
+        if not isinstance(held, Refused) or held.reason is not Refusal.INSUFFICIENT_FUNDS:
+            return held
+        least_nusd = estimate.least()
+        assert 0 <= least_nusd <= estimate.most_nusd, (least_nusd, estimate)
+        if least_nusd <= held.available_nusd:
             # Bounded by limits.tokenize_bytes_max; off the loop all the same.
             tight_nusd = await asyncio.get_running_loop().run_in_executor(None, estimate.tighten)
-            assert tight_nusd >= estimate.least_nusd, (tight_nusd, estimate)
+            assert tight_nusd >= least_nusd, (tight_nusd, least_nusd)
             if tight_nusd < estimate.most_nusd:
                 held = await self.reserve(wallet_id, request_id, tight_nusd)
         return held

@@ -62,15 +62,15 @@ class Call:
     """A request that passed every check and may be forwarded."""
 
     request_id: str
+    endpoint: str  # "chat", "completion" or "embedding"
     key: ApiKeyRecord
     route: Route
     request: Request
     body: bytes
     started: float  # time.perf_counter() when the request arrived
 
-    @property
-    def endpoint(self) -> str:
-        return self.request.endpoint
+    def __post_init__(self) -> None:
+        assert self.endpoint == self.request.endpoint == self.route.model.kind, self
 
 
 def usage_record(call: Call, held_nusd: int, metered: Metered, status: str, upstream_s: float) -> UsageRecord:
