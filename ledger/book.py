@@ -18,6 +18,7 @@ by construction, so every posting does too.
 from __future__ import annotations
 
 import enum
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -230,7 +231,7 @@ class UsageRecord:
         assert len(set(accounts)) == len(accounts) and self.wallet_id not in accounts, self
 
     def as_dict(self) -> dict[str, object]:
-        data = {name: getattr(self, name) for name in _USAGE_FIELDS}
+        data = dict(zip(_USAGE_FIELDS, _usage_fields(self), strict=True))
         data["payees"] = payees_json(self.payees)
         return data
 
@@ -250,6 +251,7 @@ def _payee(value: object) -> Payee:
 
 
 _USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
+_usage_fields = operator.attrgetter(*_USAGE_FIELDS)
 
 
 @dataclass(frozen=True)

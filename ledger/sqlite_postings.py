@@ -30,7 +30,7 @@ from ledger.book import (
 from ledger.errors import InsufficientFunds, NotAWallet, UnknownAccount
 from ledger.model import settle_legs
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay, reversal_transfers
-from ledger.rows import USAGE_COLUMNS, transfer_record
+from ledger.rows import USAGE_COLUMNS, transfer_record, usage_values
 
 T = TypeVar("T")
 
@@ -127,7 +127,7 @@ def _settle_one(conn: sqlite3.Connection, item: UsageRecord, known: dict[str, bo
         conn.execute(_TRANSFER_INSERT, (leg.transfer_id, item.request_id, leg.debit_account, leg.credit_account,
                                         leg.amount_nusd, leg.kind.value, item.request_id, None))
     payees = orjson.dumps(payees_json(item.payees)).decode()
-    conn.execute(_USAGE_INSERT, (*(getattr(item, name) for name in USAGE_COLUMNS), payees, charged, shortfall))
+    conn.execute(_USAGE_INSERT, (*usage_values(item), payees, charged, shortfall))
     # What the row trigger just did; settle_legs() asserted charged <= balance.
     after_balance, after_version = balance - charged, version + sum(1 for leg in legs if leg.debit_account == item.wallet_id)
     return SettleResult(item.request_id, SettleOutcome.SETTLED, charged, shortfall, after_balance, after_version)
