@@ -22,7 +22,6 @@ class ApiError:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, "invalid_request_error", code, param)
 

@@ -180,8 +180,7 @@ class PostgresBook:
                 async with conn.transaction():
                     return await postings.reverse(conn, reversal)
             except asyncpg.UniqueViolationError:
-                rows = await conn.fetch("SELECT * FROM mw_transfers WHERE posting_id = $1", reversal.reversal_id)
-                return reversal_replay(reversal, [transfer_record(_text_times(r)) for r in rows])
+                return reversal_replay(reversal, await postings.stored_posting(conn, reversal.reversal_id, ()))
 
         return await self._with(run)
 

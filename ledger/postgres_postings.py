@@ -73,9 +73,9 @@ async def write_posting(conn: asyncpg.Connection, posting_id: str, transfers: Se
 
 
 async def reverse(conn: asyncpg.Connection, reversal: Reversal) -> ReversalResult:
-    stored = await conn.fetch("SELECT * FROM mw_transfers WHERE posting_id = $1", reversal.reversal_id)
+    stored = await stored_posting(conn, reversal.reversal_id, ())
     if stored:
-        return reversal_replay(reversal, [transfer_record(text_times(r)) for r in stored])
+        return reversal_replay(reversal, stored)
     receivable = receivable_account(reversal.account_id)
     await conn.execute(
         "INSERT INTO mw_accounts (id, kind, name, allow_negative) VALUES ($1, $2, $3, true) ON CONFLICT (id) DO NOTHING",

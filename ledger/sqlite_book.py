@@ -237,18 +237,15 @@ def _migrate(conn: sqlite3.Connection) -> list[int]:
 
 
 def _apply(conn: sqlite3.Connection, version: int, sql: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    def run(conn: sqlite3.Connection) -> None:
         for statement in _split_sql(sql):
             conn.execute(statement)
         broken = conn.execute("PRAGMA foreign_key_check").fetchall()
         if broken:
             raise LedgerFailure(f"migration {version:04d} would break foreign keys: {[tuple(row) for row in broken][:5]}")
         conn.execute("INSERT INTO mw_schema_migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))", (version,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+
+    postings.atomic(conn, run)
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_layers_fakes import imports
+
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT_PACKAGES = ("gateway", "ledger", "payments", "config")
 MODULE_LINES_MAX = 400
@@ -47,13 +49,13 @@ def modules() -> dict[str, Path]:
 
 
 def imports_of(path: Path) -> set[str]:
+    """Every module a file imports (the scan of tests/test_layers_fakes.py), and each name taken
+    from one: `from gateway import errors` imports gateway.errors."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    for node, module in imports(ast.parse(path.read_text())):
+        names.add(module)
+        if isinstance(node, ast.ImportFrom):
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 

@@ -26,7 +26,7 @@ def _sources(package: str) -> list[Path]:
     return sorted((REPO / package).rglob("*.py"))
 
 
-def _imports(tree: ast.AST) -> Iterator[tuple[ast.stmt | ast.expr, str]]:
+def imports(tree: ast.AST) -> Iterator[tuple[ast.stmt | ast.expr, str]]:
     """(node, module) for each absolute import, including importlib.import_module("...") with a literal."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -60,7 +60,7 @@ def _importers_of(package: str, roots: tuple[str, ...]) -> list[tuple[str, int, 
         for path in _sources(root):
             tree = ast.parse(path.read_text(), str(path))
             top = _top_level_nodes(tree)
-            for node, module in _imports(tree):
+            for node, module in imports(tree):
                 if _is_within(module, package):
                     found.append((path.relative_to(REPO).as_posix(), node.lineno, id(node) in top))
     return found

@@ -136,7 +136,10 @@ SEED_SQL += [USAGE_ROW.format(rid="r1", cost=300, charged=300, short=0),
              USAGE_ROW.format(rid="r2", cost=250, charged=200, short=50)]
 
 
-async def _check_migrated_book(book) -> None:
+async def _migrate_and_check(book) -> None:
+    """Migrate a 0001 book holding money to 0002, then check that nothing of it changed."""
+    assert await book.pending_migrations() == [2]
+    assert await book.migrate() == [2]
     wallet = await book.wallet("w")
     assert wallet is not None and (wallet.balance_nusd, wallet.version) == (0, 3)
     totals = await book.totals()
@@ -165,9 +168,7 @@ async def test_sqlite_0001_book_with_money_migrates_to_0002_intact(tmp_path) -> 
     conn.close()
     book = SqliteBook(path)
     try:
-        assert await book.pending_migrations() == [2]
-        assert await book.migrate() == [2]
-        await _check_migrated_book(book)
+        await _migrate_and_check(book)
     finally:
         await book.close()
     conn = sqlite3.connect(path)
@@ -200,9 +201,7 @@ async def test_postgres_0001_book_with_money_migrates_to_0002_intact() -> None:
             await conn.close()
         book = await PostgresBook.connect(dsn)
         try:
-            assert await book.pending_migrations() == [2]
-            assert await book.migrate() == [2]
-            await _check_migrated_book(book)
+            await _migrate_and_check(book)
         finally:
             await book.close()
         async with pg_schema() as fresh_dsn:

@@ -22,7 +22,7 @@ from gateway.money.billing import Billing, Hold, Refusal, Refused
 from gateway.money.operations import Operations
 from gateway.money.settlement import SettleLimits, Settler
 from gateway.money.sweeper import sweep_once
-from ledger.book import Book, UsageRecord, check_invariants
+from ledger.book import Book, Payee, UsageRecord, check_invariants
 from ledger.holds import HoldStore, InProcessHolds
 from tests.conftest import REDIS_TEST_URL, pg_schema
 
@@ -58,12 +58,13 @@ operation = st.one_of(
 )
 
 
-def record(hold: Hold, cost_nusd: int) -> UsageRecord:
+def record(hold: Hold, cost_nusd: int, payees: tuple[Payee, ...] = ()) -> UsageRecord:
+    """The usage record a served request hands to hold.charge(); also used by tests/test_money_service.py."""
     return UsageRecord(
         request_id=hold.request_id, key_id="k", wallet_id=hold.wallet_id, bot=None, model="m", upstream="u",
         endpoint="chat", status="ok", usage_source="upstream", prompt_tokens=1, cached_tokens=0, completion_tokens=1,
         input_per_1m_nusd=0, cached_input_per_1m_nusd=0, output_per_1m_nusd=0, per_call_nusd=0,
-        cost_nusd=cost_nusd, held_nusd=hold.amount_nusd, latency_ms=0.0, upstream_latency_ms=0.0,
+        cost_nusd=cost_nusd, held_nusd=hold.amount_nusd, latency_ms=0.0, upstream_latency_ms=0.0, payees=payees,
     )
 
 

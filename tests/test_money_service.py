@@ -15,19 +15,11 @@ from gateway.money.billing import Billing, Hold, HoldState, Refusal, Refused, Un
 from gateway.money.journal import Journal
 from gateway.money.operations import Operations
 from gateway.money.settlement import SettleLimits, Settler
-from ledger.book import REVENUE_ACCOUNT, Book, Payee, SettleResult, UsageRecord, check_invariants
+from ledger.book import REVENUE_ACCOUNT, Book, Payee, SettleResult, check_invariants
 from ledger.holds import InProcessHolds
+from tests.test_money_properties import record
 
 LIMITS = SettleLimits(batch_max=8, queue_max=100, retry_max=0, retry_delay_s=0)
-
-
-def record(hold: Hold, cost_nusd: int, payees: tuple[Payee, ...] = ()) -> UsageRecord:
-    return UsageRecord(
-        request_id=hold.request_id, key_id="k", wallet_id=hold.wallet_id, bot=None, model="m", upstream="u",
-        endpoint="chat", status="ok", usage_source="upstream", prompt_tokens=1, cached_tokens=0, completion_tokens=1,
-        input_per_1m_nusd=0, cached_input_per_1m_nusd=0, output_per_1m_nusd=0, per_call_nusd=0,
-        cost_nusd=cost_nusd, held_nusd=hold.amount_nusd, latency_ms=0.0, upstream_latency_ms=0.0, payees=payees,
-    )
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ from collections import OrderedDict
 
 from pydantic import SecretStr
 
-from gateway.errors import ApiError, invalid_api_key, service_unavailable
+from gateway.errors import ApiError, invalid_api_key
+from gateway.http.responses import refusal_error
+from gateway.money.billing import Refusal, Refused
 from gateway.money.keys import hash_secret, looks_like_key
 from ledger.book import ApiKeyRecord, Book
 from ledger.errors import LedgerError
@@ -82,7 +84,7 @@ async def authenticate(cache: KeyCache, authorization: str | None) -> ApiKeyReco
         # A key not cached yet cannot be checked while the ledger is down: say
         # so (retryable), rather than a 500 or a wrong "invalid key".
         log.warning("key lookup failed: %s", exc)
-        return service_unavailable("The ledger is unavailable; nothing was charged. Retry shortly.", "ledger_unavailable")
+        return refusal_error(Refused(Refusal.LEDGER_UNAVAILABLE))
     if record is None:
         return invalid_api_key()
     if not record.active:
