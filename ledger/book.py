@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
-from ledger.errors import NotAWallet
+from ledger.caps import CapBalance
 from ledger.money import AMOUNT_NUSD_MAX
 
 REVENUE_ACCOUNT = "sys:revenue"
@@ -48,6 +48,7 @@ class TransferKind(str, enum.Enum):
     SHORTFALL = "shortfall"  # the part of a request's cost no wallet paid
     PAYMENT = "payment"  # a wallet pays others (a creator, a platform fee): a multi-leg posting
     REVERSAL = "reversal"  # money taken back (refund, chargeback, reorg, clawback); the rest is owed
+    REFUND = "refund"  # money returned TO a wallet, e.g. a failed request's charge (migration 0003)
 
 
 # Written only by settle_batch, so the usage log and these transfers always agree.
@@ -211,9 +212,13 @@ class UsageRecord:
     # Who receives cost_nusd, filled in order (wallet money first, then sys:shortfall).
     # () means all to sys:revenue; a journal line from before payees reads the same.
     payees: tuple[Payee, ...] = ()
+    # The spend caps (ledger/caps.py) this request was held against: settling adds its cost to each.
+    caps: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         assert self.cost_nusd >= 0 and self.held_nusd >= 0, self
+        if type(self.caps) is not tuple:
+            object.__setattr__(self, "caps", tuple(self.caps))  # from JSON (the journal)
         assert self.cost_nusd <= AMOUNT_NUSD_MAX, self
         payees = self.payees
         if type(payees) is not tuple or not all(type(p) is Payee for p in payees):
@@ -233,6 +238,8 @@ class UsageRecord:
     def as_dict(self) -> dict[str, object]:
         data = dict(zip(_USAGE_FIELDS, _usage_fields(self), strict=True))
         data["payees"] = payees_json(self.payees)
+        if not self.caps:
+            del data["caps"]  # journal lines of uncapped requests read as before
         return data
 
 
@@ -262,6 +269,7 @@ class SettleResult:
     shortfall_nusd: int
     balance_nusd: int  # the wallet's balance after this settlement (for the hold mirror)
     version: int
+    caps: tuple[CapBalance, ...] = ()  # the request's caps after it (for the hold mirror), if settled now
 
     def __post_init__(self) -> None:
         assert self.charged_nusd >= 0 and self.shortfall_nusd >= 0, self
@@ -297,6 +305,10 @@ class ApiKeyRecord:
     bot: str | None
     created_at: str | None = None
     revoked_at: str | None = None
+    # The member the key belongs to (ledger/owners.py), and that member's monthly
+    # spending limit as the key was read (key_by_hash joins it): None, none.
+    member_id: str | None = None
+    member_limit_nusd: int | None = None
 
     @property
     def active(self) -> bool:
@@ -337,24 +349,6 @@ def check_invariants(totals: LedgerTotals) -> None:
     assert totals.shortfall_nusd == -totals.usage_shortfall_nusd + totals.shortfall_other_nusd, totals
     assert totals.misdirected_transfers == 0, totals
     assert totals.positive_receivables == 0, totals
-
-
-# Money from outside (deposits, operator adjustments) lands in a wallet; an
-# adjustment may also return money to sys:funding (an operator's debit). Never
-# into sys:revenue or sys:shortfall: revenue = charged + shortfall must hold.
-FUNDING_KINDS = frozenset({TransferKind.DEPOSIT, TransferKind.ADJUSTMENT})
-FUNDING_CREDIT_ACCOUNT_KINDS = frozenset({"wallet", "funding"})
-
-
-def check_funding_credit(transfer: Transfer, credit_account_kind: str) -> None:
-    """Refuse a deposit or adjustment into a system account other than sys:funding.
-
-    Both books call this inside the transfer's own transaction, with the
-    credited account's kind as read there, so a refused transfer is rolled back.
-    """
-    if transfer.kind in FUNDING_KINDS and credit_account_kind not in FUNDING_CREDIT_ACCOUNT_KINDS:
-        raise NotAWallet(f"{transfer.credit_account!r} is a system account, not a wallet: "
-                         f"{transfer.kind.value} transfers credit wallets only")
 
 
 def validate_wallet_id(wallet_id: str) -> None:

@@ -34,7 +34,10 @@ from ledger.book import (
     migration_files,
     validate_wallet_id,
 )
+from ledger.cap_settle import settled_cap_spend, with_caps
 from ledger.errors import AccountExists, LedgerError, LedgerFailure, LedgerUnavailable, UnknownAccount
+from ledger.postgres_history import PostgresHistory
+from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_postings import text_times as _text_times
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
 from ledger.rows import key_record, settled_usage, transfer_record
@@ -78,7 +81,7 @@ def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFail
 MIGRATION_LOCK_ID = 0x6D77_6D69
 
 
-class PostgresBook:
+class PostgresBook(PostgresOwners, PostgresHistory):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
@@ -196,13 +199,20 @@ class PostgresBook:
             return []
         payload = orjson.dumps([item.as_dict() for item in items]).decode()
 
-        async def run(conn: asyncpg.Connection) -> list[SettleResult]:
+        async def settle(conn: asyncpg.Connection) -> list[SettleResult]:
             rows = await conn.fetch("SELECT * FROM mw_settle_batch($1::jsonb)", payload)
             return [
                 SettleResult(r["request_id"], SettleOutcome(r["outcome"]), r["charged_nusd"], r["shortfall_nusd"],
                              r["balance_nusd"], r["version"])
                 for r in rows
             ]
+
+        async def run(conn: asyncpg.Connection) -> list[SettleResult]:
+            if not any(item.caps for item in items):
+                return await settle(conn)  # one statement, one round trip: the usual batch
+            async with conn.transaction():  # capped requests: their caps move in the same transaction
+                results = await settle(conn)
+                return with_caps(items, results, await add_to_caps(conn, settled_cap_spend(items, results)))
 
         results = await self._with(run)
         check_settle_results(items, results)
@@ -230,19 +240,23 @@ class PostgresBook:
         async def run(conn: asyncpg.Connection) -> None:
             # Keys belong to wallets only: the foreign key alone would accept sys:revenue.
             status = await conn.execute(
-                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot)"
-                " SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS"
-                " (SELECT 1 FROM mw_accounts WHERE id = $4 AND kind = 'wallet')",
-                key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot,
+                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id)"
+                " SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS"
+                " (SELECT 1 FROM mw_accounts WHERE id = $4 AND kind = 'wallet') AND ($7::text IS NULL OR EXISTS"
+                " (SELECT 1 FROM mw_members WHERE id = $7 AND wallet_id = $4 AND status = 'active'))",
+                key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id,
             )
             if status != "INSERT 0 1":
-                raise UnknownAccount(f"no wallet {key.wallet_id!r}")
+                raise UnknownAccount(f"no wallet {key.wallet_id!r}" if key.member_id is None else
+                                     f"no wallet {key.wallet_id!r} with an active member {key.member_id!r}")
 
         await self._with(run)
 
     async def key_by_hash(self, secret_hash: str) -> ApiKeyRecord | None:
         async def run(conn: asyncpg.Connection) -> ApiKeyRecord | None:
-            row = await conn.fetchrow("SELECT * FROM mw_keys WHERE secret_hash = $1", secret_hash)
+            row = await conn.fetchrow(
+                "SELECT k.*, m.monthly_limit_nusd AS member_limit_nusd FROM mw_keys k"
+                " LEFT JOIN mw_members m ON m.id = k.member_id WHERE k.secret_hash = $1", secret_hash)
             return None if row is None else key_record(_text_times(row))
 
         return await self._with(run)

@@ -20,10 +20,16 @@ from ledger.book import (
     Transfer,
     TransferOutcome,
     TransferRecord,
-    check_funding_credit,
 )
 from ledger.errors import InsufficientFunds, NotAWallet, UnknownAccount
-from ledger.postings import check_posting_replay, first_overdraft, receivable_account, reversal_replay, reversal_transfers
+from ledger.postings import (
+    check_funding_credit,
+    check_posting_replay,
+    first_overdraft,
+    receivable_account,
+    reversal_replay,
+    reversal_transfers,
+)
 from ledger.rows import transfer_record
 
 _INSERT_LEGS = (

@@ -15,10 +15,11 @@ from ledger.book import (
     Reversal,
     ReversalResult,
     Transfer,
+    TransferKind,
     TransferOutcome,
     TransferRecord,
 )
-from ledger.errors import IdempotencyConflict
+from ledger.errors import IdempotencyConflict, NotAWallet
 
 
 def check_posting_replay(posting_id: str, wanted: Sequence[Transfer], stored: Sequence[TransferRecord]) -> TransferOutcome:
@@ -83,3 +84,21 @@ def reversal_replay(reversal: Reversal, stored: Sequence[TransferRecord]) -> Rev
     if not same:
         raise IdempotencyConflict(f"reversal {reversal.reversal_id!r} exists with different content")
     return ReversalResult(taken, owed, TransferOutcome.EXISTS)
+
+
+# Money from outside (deposits, operator adjustments) lands in a wallet; an
+# adjustment may also return money to sys:funding (an operator's debit). Never
+# into sys:revenue or sys:shortfall: revenue = charged + shortfall must hold.
+FUNDING_KINDS = frozenset({TransferKind.DEPOSIT, TransferKind.ADJUSTMENT})
+FUNDING_CREDIT_ACCOUNT_KINDS = frozenset({"wallet", "funding"})
+
+
+def check_funding_credit(transfer: Transfer, credit_account_kind: str) -> None:
+    """Refuse a deposit or adjustment into a system account other than sys:funding.
+
+    Both books call this inside the transfer's own transaction, with the
+    credited account's kind as read there, so a refused transfer is rolled back.
+    """
+    if transfer.kind in FUNDING_KINDS and credit_account_kind not in FUNDING_CREDIT_ACCOUNT_KINDS:
+        raise NotAWallet(f"{transfer.credit_account!r} is a system account, not a wallet: "
+                         f"{transfer.kind.value} transfers credit wallets only")

@@ -10,7 +10,8 @@ from typing import Any
 from ledger.book import ApiKeyRecord, Payee, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
 
 # mw_usage's plain columns; payees is JSON (TEXT on SQLite, jsonb on Postgres).
-USAGE_COLUMNS = tuple(name for name in UsageRecord.__dataclass_fields__ if name != "payees")
+# caps are the hold's, not the row's: the cap rows (mw_spend_caps) keep the sums.
+USAGE_COLUMNS = tuple(name for name in UsageRecord.__dataclass_fields__ if name not in ("payees", "caps"))
 # One C call for a record's column values, in USAGE_COLUMNS order (the settle thread's hot path).
 usage_values = operator.attrgetter(*USAGE_COLUMNS)
 
@@ -44,4 +45,6 @@ def key_record(row: Mapping[str, Any]) -> ApiKeyRecord:
         bot=row["bot"],
         created_at=None if row["created_at"] is None else str(row["created_at"]),
         revoked_at=None if row["revoked_at"] is None else str(row["revoked_at"]),
+        member_id=row.get("member_id"),
+        member_limit_nusd=row.get("member_limit_nusd"),
     )

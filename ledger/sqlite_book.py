@@ -32,8 +32,11 @@ from ledger.book import (
     migration_files,
     validate_wallet_id,
 )
+from ledger.cap_settle import settled_cap_spend, with_caps
 from ledger.errors import AccountExists, LedgerFailure, LedgerUnavailable, UnknownAccount
 from ledger.rows import key_record, settled_usage, transfer_record
+from ledger.sqlite_history import SqliteHistory
+from ledger.sqlite_owners import SqliteOwners, add_to_caps
 from ledger.totals import TOTALS_SQL
 
 T = TypeVar("T")
@@ -63,7 +66,7 @@ def classify(exc: sqlite3.Error) -> LedgerUnavailable | LedgerFailure:
     return LedgerFailure(f"SQLite refused the operation ({getattr(exc, 'sqlite_errorname', type(exc).__name__)}): {exc}")
 
 
-class SqliteBook:
+class SqliteBook(SqliteOwners, SqliteHistory):
     def __init__(self, path: str) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-sqlite")
@@ -144,7 +147,11 @@ class SqliteBook:
     async def settle_batch(self, items: Sequence[UsageRecord]) -> list[SettleResult]:
         if not items:
             return []
-        results = await self._run(lambda conn: postings.atomic(conn, lambda c: postings.settle_batch(c, items)))
+        def settle(conn: sqlite3.Connection) -> list[SettleResult]:
+            results = postings.settle_batch(conn, items)
+            return with_caps(items, results, add_to_caps(conn, settled_cap_spend(items, results)))
+
+        results = await self._run(lambda conn: postings.atomic(conn, settle))
         check_settle_results(items, results)
         return results
 
@@ -170,16 +177,22 @@ class SqliteBook:
         def create(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM mw_accounts WHERE id = ? AND kind = 'wallet'", (key.wallet_id,)).fetchone() is None:
                 raise UnknownAccount(f"no wallet {key.wallet_id!r}")
+            if key.member_id is not None and conn.execute(
+                    "SELECT 1 FROM mw_members WHERE id = ? AND wallet_id = ? AND status = 'active'",
+                    (key.member_id, key.wallet_id)).fetchone() is None:
+                raise UnknownAccount(f"no active member {key.member_id!r} in wallet {key.wallet_id!r}")
             conn.execute(
-                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot) VALUES (?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot),
+                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id),
             )
 
         await self._run(create)
 
     async def key_by_hash(self, secret_hash: str) -> ApiKeyRecord | None:
         def read(conn: sqlite3.Connection) -> ApiKeyRecord | None:
-            row = conn.execute("SELECT * FROM mw_keys WHERE secret_hash = ?", (secret_hash,)).fetchone()
+            row = conn.execute(
+                "SELECT k.*, m.monthly_limit_nusd AS member_limit_nusd FROM mw_keys k"
+                " LEFT JOIN mw_members m ON m.id = k.member_id WHERE k.secret_hash = ?", (secret_hash,)).fetchone()
             return None if row is None else key_record(dict(row))
 
         return await self._run(read)

@@ -24,12 +24,11 @@ from ledger.book import (
     Transfer,
     TransferOutcome,
     UsageRecord,
-    check_funding_credit,
     payees_json,
 )
 from ledger.errors import InsufficientFunds, NotAWallet, UnknownAccount
 from ledger.model import settle_legs
-from ledger.postings import check_posting_replay, receivable_account, reversal_replay, reversal_transfers
+from ledger.postings import check_funding_credit, check_posting_replay, receivable_account, reversal_replay, reversal_transfers
 from ledger.rows import USAGE_COLUMNS, transfer_record, usage_values
 
 T = TypeVar("T")

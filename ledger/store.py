@@ -1,0 +1,19 @@
+"""Everything one database holds, as one protocol: the book (money and keys), who owns
+each wallet (ledger/owners.py) and what an owner reads (ledger/history.py).
+
+PostgresBook and SqliteBook implement all three; the gateway's state holds one.
+Kept apart from book.py so owners.py and history.py can import the book's values
+without a cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ledger.book import Book
+from ledger.history import History
+from ledger.owners import Owners
+
+
+class LedgerStore(Book, Owners, History, Protocol):
+    """The book, its owners and their history, in one database."""
