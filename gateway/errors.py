@@ -47,6 +47,16 @@ def insufficient_quota(available_usd: str, needed_usd: str) -> ApiError:
     )
 
 
+def budget_exceeded(cap: str, window: str, resets_at: str, available_usd: str, needed_usd: str) -> ApiError:
+    # 402 like an empty wallet, and never retried: waiting seconds will not reset a monthly cap.
+    return ApiError(
+        402,
+        f"Spending limit reached: the {cap} has ${available_usd} left this {window} and this request may cost up to"
+        f" ${needed_usd}. The limit resets at {resets_at}; an owner can raise it.",
+        "insufficient_quota", "budget_exceeded", headers={"x-should-retry": "false"},
+    )
+
+
 def body_too_large(limit_bytes: int) -> ApiError:
     return ApiError(413, f"Request body exceeds the limit of {limit_bytes} bytes.", "invalid_request_error", "request_too_large")
 

@@ -22,6 +22,7 @@ from gateway.money.billing import Refusal, Refused
 from gateway.money.calls import Call
 from gateway.upstream import UpstreamFailed
 from ledger.money import format_usd
+from ledger.times import utc_text
 
 log = logging.getLogger("meterway.calls")
 
@@ -43,6 +44,10 @@ def error_response(error: ApiError, request_id: str | None = None) -> web.Respon
 def refusal_error(refused: Refused) -> ApiError:
     if refused.reason is Refusal.INSUFFICIENT_FUNDS:
         return errors.insufficient_quota(format_usd(refused.available_nusd), format_usd(refused.needed_nusd))
+    if refused.reason is Refusal.BUDGET_EXCEEDED:
+        assert refused.cap is not None, refused
+        return errors.budget_exceeded("member's monthly spending limit", refused.cap.window, utc_text(refused.cap.resets_at),
+                                      format_usd(refused.available_nusd), format_usd(refused.needed_nusd))
     return errors.service_unavailable(_UNAVAILABLE[refused.reason], refused.reason.value)
 
 

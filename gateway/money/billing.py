@@ -16,6 +16,7 @@ HTTP layer maps a Refused reason to a status.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import time
 from collections.abc import Callable
@@ -24,10 +25,12 @@ from types import TracebackType
 
 from gateway.metering.metering import Estimate
 from gateway.money.calls import Call
+from gateway.money.caps import CapCheck, SpendCaps
 from gateway.money.settlement import SettlementUnavailable, Settler
-from ledger.book import Book, SettleOutcome, SettleResult, UsageRecord
+from ledger.book import SettleOutcome, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
+from ledger.store import LedgerStore
 
 # Outcomes that mean the request is in the book, as charged and shown.
 CHARGED = frozenset({SettleOutcome.SETTLED, SettleOutcome.REPLAY})
@@ -43,18 +46,23 @@ class HoldState(enum.Enum):
 
 class Refusal(enum.Enum):
     INSUFFICIENT_FUNDS = "insufficient_funds"  # the wallet cannot cover the worst case
+    BUDGET_EXCEEDED = "budget_exceeded"  # a spend cap (a member's monthly limit) cannot cover it
     SETTLEMENT_BACKLOG = "settlement_backlog"  # too many settlements wait for the ledger
     HOLDS_UNAVAILABLE = "holds_unavailable"  # the hold store cannot be reached
     LEDGER_UNAVAILABLE = "ledger_unavailable"  # the ledger cannot be reached
 
+
+# Refusals for want of money, where a tighter hold may still fit.
+SHORT_OF_MONEY = frozenset({Refusal.INSUFFICIENT_FUNDS, Refusal.BUDGET_EXCEEDED})
 
 @dataclass(frozen=True)
 class Refused:
     """No hold was taken, so nothing will be charged."""
 
     reason: Refusal
-    available_nusd: int = 0  # for INSUFFICIENT_FUNDS: what the wallet has free
+    available_nusd: int = 0  # for INSUFFICIENT_FUNDS and BUDGET_EXCEEDED: what the wallet or cap has free
     needed_nusd: int = 0  # ... and what the request may cost
+    cap: CapCheck | None = None  # for BUDGET_EXCEEDED: which cap, and when it resets
 
 
 @dataclass(frozen=True)
@@ -70,12 +78,14 @@ class Unsettled:
 class Hold:
     """Money held for one request: an async context manager, closed exactly once."""
 
-    def __init__(self, billing: Billing, request_id: str, wallet_id: str, amount_nusd: int) -> None:
+    def __init__(self, billing: Billing, request_id: str, wallet_id: str, amount_nusd: int,
+                 caps: tuple[str, ...] = ()) -> None:
         assert amount_nusd >= 0, amount_nusd
         self._billing = billing
         self.request_id = request_id
         self.wallet_id = wallet_id
         self.amount_nusd = amount_nusd
+        self.caps = caps  # the spend caps held against too: settled with the wallet
         self._state = HoldState.OPEN
 
     @property
@@ -97,6 +107,8 @@ class Hold:
         assert self._state is HoldState.OPEN, self
         assert record.request_id == self.request_id and record.wallet_id == self.wallet_id, (self, record)
         assert record.held_nusd == self.amount_nusd, (self, record)
+        if self.caps:
+            record = dataclasses.replace(record, caps=self.caps)
         self._state = HoldState.SETTLED
         # Once enqueued (synchronously, so no cancellation can come between),
         # the Settler owns the record: committed, or journaled at shutdown.
@@ -121,18 +133,21 @@ class Hold:
             return  # a free call's hold never went to the hold store
         try:
             await asyncio.shield(self._billing.holds.release(self.wallet_id, self.request_id))
+            for cap_id in self.caps:
+                await asyncio.shield(self._billing.holds.release(cap_id, self.request_id))
         except HoldStoreUnavailable:
-            pass  # the hold expires by itself after limits.hold_ttl_s
+            pass  # the holds expire by themselves after limits.hold_ttl_s
 
     def __repr__(self) -> str:
         return f"Hold({self.request_id!r}, {self.wallet_id!r}, {self.amount_nusd}, {self._state.value})"
 
 
 class Billing:
-    def __init__(self, book: Book, holds: HoldStore, settler: Settler, hold_ttl_s: float,
+    def __init__(self, book: LedgerStore, holds: HoldStore, settler: Settler, hold_ttl_s: float,
                  refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._book = book
         self.holds = holds
+        self._caps = SpendCaps(book, holds, hold_ttl_s)
         self.settler = settler
         self._hold_ttl_s = hold_ttl_s
         self._refresh_interval_s = refresh_interval_s
@@ -142,10 +157,11 @@ class Billing:
     async def hold(self, call: Call, estimate: Estimate) -> Hold | Refused:
         """Hold the call's worst case; tokenize for a tighter one only if the wallet is short of it."""
         wallet_id, request_id = call.key.wallet_id, call.request_id
-        held = await self.reserve(wallet_id, request_id, estimate.most_nusd)
+        caps = self._caps.checks(call.key)
+        held = await self.reserve(wallet_id, request_id, estimate.most_nusd, caps)
         # A refusal must stay cheap: when even the least this request can cost
-        # is more than the wallet has, refuse without tokenizing anything.
-        if not isinstance(held, Refused) or held.reason is not Refusal.INSUFFICIENT_FUNDS:
+        # is more than the wallet (or a cap) has, refuse without tokenizing anything.
+        if not isinstance(held, Refused) or held.reason not in SHORT_OF_MONEY:
             return held
         least_nusd = estimate.least()
         assert 0 <= least_nusd <= estimate.most_nusd, (least_nusd, estimate)
@@ -154,17 +170,36 @@ class Billing:
             tight_nusd = await asyncio.get_running_loop().run_in_executor(None, estimate.tighten)
             assert tight_nusd >= least_nusd, (tight_nusd, least_nusd)
             if tight_nusd < estimate.most_nusd:
-                held = await self.reserve(wallet_id, request_id, tight_nusd)
+                held = await self.reserve(wallet_id, request_id, tight_nusd, caps)
         return held
 
-    async def reserve(self, wallet_id: str, request_id: str, amount_nusd: int) -> Hold | Refused:
-        """Hold exactly amount_nusd (0: a free call, nothing to hold)."""
+    async def reserve(self, wallet_id: str, request_id: str, amount_nusd: int,
+                      caps: tuple[CapCheck, ...] = ()) -> Hold | Refused:
+        """Hold exactly amount_nusd (0: a free call, nothing to hold), against each cap first, then the wallet."""
         assert amount_nusd >= 0, amount_nusd
         if amount_nusd == 0:
             return Hold(self, request_id, wallet_id, 0)
         if self.settler.full:
             # The ledger is behind (or down): take no new work whose charge could not be kept.
             return Refused(Refusal.SETTLEMENT_BACKLOG)
+        if not caps:
+            return await self._reserve_wallet(wallet_id, request_id, amount_nusd, ())
+        try:
+            refused_by = await self._caps.reserve(caps, request_id, amount_nusd)
+        except HoldStoreUnavailable:
+            return Refused(Refusal.HOLDS_UNAVAILABLE)
+        except LedgerUnavailable:
+            return Refused(Refusal.LEDGER_UNAVAILABLE)
+        if refused_by is not None:
+            check, available_nusd = refused_by
+            return Refused(Refusal.BUDGET_EXCEEDED, max(available_nusd, 0), amount_nusd, check)
+        held = await self._reserve_wallet(wallet_id, request_id, amount_nusd, tuple(c.cap_id for c in caps))
+        if isinstance(held, Refused):
+            await self._caps.release(caps, request_id)
+        return held
+
+    async def _reserve_wallet(self, wallet_id: str, request_id: str, amount_nusd: int,
+                              cap_ids: tuple[str, ...]) -> Hold | Refused:
         try:
             result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
             if result.status is ReserveStatus.WALLET_UNKNOWN or (
@@ -183,7 +218,7 @@ class Billing:
             return Refused(Refusal.LEDGER_UNAVAILABLE)
         if result.status is ReserveStatus.RESERVED:
             assert result.available_nusd >= 0, result
-            return Hold(self, request_id, wallet_id, amount_nusd)
+            return Hold(self, request_id, wallet_id, amount_nusd, cap_ids)
         return Refused(Refusal.INSUFFICIENT_FUNDS, max(result.available_nusd, 0), amount_nusd)
 
     def _may_refresh(self, wallet_id: str) -> bool:

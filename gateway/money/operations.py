@@ -21,6 +21,9 @@ from ledger.book import (
     SYSTEM_ACCOUNTS,
     ApiKeyRecord,
     Book,
+    Leg,
+    Posting,
+    SettledUsage,
     Transfer,
     TransferKind,
     TransferOutcome,
@@ -89,12 +92,33 @@ class Operations:
         await self._wallet(wallet_id)
         return await self.book.transfers_of(wallet_id, limit)
 
-    async def create_key(self, wallet_id: str, name: str | None = None, bot: str | None = None) -> tuple[NewKey, ApiKeyRecord]:
+    async def create_key(self, wallet_id: str, name: str | None = None, bot: str | None = None,
+                         member_id: str | None = None) -> tuple[NewKey, ApiKeyRecord]:
+        """A new inference key, shown once; a member's key counts against the member's monthly limit."""
         await self._wallet(wallet_id)  # refuses system accounts and unknown wallets
         new = generate_key()
-        record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot)
+        record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot, member_id=member_id)
         await self.book.create_key(record)
         return new, record
+
+    async def refund(self, request_id: str, reason: str) -> tuple[TransferOutcome, int, Wallet]:
+        """Give a settled request's charge back to its wallet (kind refund); idempotent per request.
+
+        The money comes back from whoever received it (revenue, a creator), in
+        the order the wallet paid them. Returns the outcome, the amount and the wallet.
+        """
+        settled = await self.book.usage(request_id)
+        if settled is None:
+            raise UnknownAccount(f"no settled request {request_id!r}")
+        posting = refund_posting(settled, reason)
+        outcome = await self.book.post(posting)
+        wallet = await self._wallet(settled.record.wallet_id)
+        try:
+            await self.holds.sync(wallet.wallet_id, wallet.balance_nusd, wallet.version)
+        except HoldStoreUnavailable as exc:
+            log.warning("refund of %s committed; the hold store is unavailable (%s), its mirror will catch up",
+                        request_id, exc)
+        return outcome, sum(leg.amount_nusd for leg in posting.legs), wallet
 
     async def _wallet(self, wallet_id: str) -> Wallet:
         if wallet_id in SYSTEM_ACCOUNTS:
@@ -103,3 +127,19 @@ class Operations:
         if wallet is None:
             raise UnknownAccount(f"no wallet {wallet_id!r}")
         return wallet
+
+
+def refund_posting(settled: SettledUsage, reason: str) -> Posting:
+    """The legs that return what the wallet paid: payee by payee, in the order the wallet paid them."""
+    record, left = settled.record, settled.charged_nusd
+    if left <= 0:
+        raise ValueError(f"request {record.request_id!r} charged its wallet nothing: there is nothing to refund")
+    legs = []
+    for payee in record.payees:
+        paid = min(payee.amount_nusd, left)
+        left -= paid
+        if paid:
+            legs.append(Leg(payee.account_id, record.wallet_id, paid))
+    assert left == 0 and sum(leg.amount_nusd for leg in legs) == settled.charged_nusd, (settled, legs)
+    return Posting(f"refund:{record.request_id}", TransferKind.REFUND, tuple(legs), memo=reason,
+                   request_id=record.request_id)

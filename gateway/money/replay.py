@@ -144,17 +144,37 @@ class Replayer:
 
 
 async def release_holds(holds: HoldStore, records: Sequence[UsageRecord], results: Sequence[SettleResult]) -> None:
-    """Settle the holds of committed records (the mirror learns the new balance) or release them."""
+    """Settle the holds of committed records (the mirror learns the new balance) or release them.
+
+    A capped request held against each of its caps too (ledger/caps.py): a cap the
+    settlement moved is settled like the wallet; any other cap hold is released.
+    """
     # A free call (nothing held, nothing charged) never had a hold and moved no money: nothing to tell the store.
-    settled = [
-        HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version)
-        for record, result in zip(records, results, strict=True)
-        if result.outcome not in NOTHING_WRITTEN and (record.held_nusd or result.charged_nusd or result.shortfall_nusd)
-    ]
-    unknown = [record for record, result in zip(records, results, strict=True) if result.outcome in NOTHING_WRITTEN]
+    settled = []
+    unknown = []
+    caps_left = []
+    for record, result in zip(records, results, strict=True):
+        if result.outcome in NOTHING_WRITTEN:
+            unknown.append(record)
+            continue
+        if record.held_nusd or result.charged_nusd or result.shortfall_nusd:
+            settled.append(HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version))
+        if record.caps:
+            moved = {cap.cap_id: cap for cap in result.caps}
+            settled += [HoldSettlement(c.cap_id, record.request_id, c.remaining_nusd, c.version) for c in result.caps]
+            caps_left += [(cap_id, record.request_id) for cap_id in record.caps if cap_id not in moved]
     await holds.settle_many(settled)
     for record in unknown:
-        await holds.release(record.wallet_id, record.request_id)
+        await release_record_holds(holds, record)
+    for cap_id, hold_id in caps_left:
+        await holds.release(cap_id, hold_id)
+
+
+async def release_record_holds(holds: HoldStore, record: UsageRecord) -> None:
+    """Release every hold a request took: its wallet's and its caps'."""
+    await holds.release(record.wallet_id, record.request_id)
+    for cap_id in record.caps:
+        await holds.release(cap_id, record.request_id)
 
 
 async def replay_at_start(replayer: Replayer) -> ReplayReport | None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from config.settings import Settings
 from gateway.money.journal import Journal, keep_or_log
-from gateway.money.replay import Replayer, ReplayReport, release_holds
+from gateway.money.replay import Replayer, ReplayReport, release_holds, release_record_holds
 from ledger.book import Book, SettleOutcome, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable
@@ -337,7 +337,7 @@ class Settler:
             await self._journal_records([p.record for p in batch], reason)
             for pending in batch:  # nothing will settle these holds now; free the money
                 with contextlib.suppress(Exception):
-                    await self._holds.release(pending.record.wallet_id, pending.record.request_id)
+                    await release_record_holds(self._holds, pending.record)
         finally:
             self._finished(len(batch))
 

@@ -21,6 +21,7 @@ from config.settings import Settings
 from ledger.book import Book
 from ledger.errors import LedgerError
 from ledger.holds import HoldStore, InProcessHolds
+from ledger.store import LedgerStore
 
 log = logging.getLogger("meterway.backends")
 
@@ -58,7 +59,7 @@ class RedisEvicts(StartupError):
 
 @dataclass(frozen=True)
 class Stores:
-    book: Book
+    book: LedgerStore
     holds: HoldStore
 
     async def close(self) -> None:
@@ -90,7 +91,7 @@ def _redacted(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path or '/'}" + (f" (search_path {schema[0]})" if schema else "")
 
 
-async def open_book(settings: Settings) -> Book:
+async def open_book(settings: Settings) -> LedgerStore:
     if settings.database_url:
         from ledger.postgres_book import PostgresBook
 
