@@ -17,7 +17,7 @@ from config.settings import ConfigError, Settings, load_settings
 from gateway.cli.keys import keys_create, keys_list, keys_revoke
 from gateway.cli.replay import journal_replay
 from gateway.cli.serve import CONFIG_ENV, migrate, serve
-from gateway.cli.wallets import wallet_create, wallet_credit, wallet_show, wallet_transactions
+from gateway.cli.wallets import wallet_create, wallet_credit, wallet_refund, wallet_show, wallet_transactions
 from gateway.money import stores
 from gateway.money.stores import EXIT_CANNOT_LISTEN, EXIT_DATABASE_DOWN, EXIT_REDIS_DOWN, EXIT_REFUSED, EXIT_USAGE, StartupError
 from ledger.errors import LedgerError, LedgerUnavailable
@@ -183,6 +183,11 @@ def _add_wallet_commands(commands: Any, common: argparse.ArgumentParser) -> None
     w_tx.add_argument("wallet_id", help="the wallet")
     w_tx.add_argument("--limit", type=int, default=50, help="at most this many")
     w_tx.set_defaults(run=_sync(wallet_transactions))
+    w_refund = _command(wallet, "refund", "give a settled request's charge back to its wallet (once per request)",
+                        parents=[common])
+    w_refund.add_argument("request_id", help="the request (its X-Request-Id)")
+    w_refund.add_argument("--reason", required=True, help="why, kept with the refund and shown to the wallet's owner")
+    w_refund.set_defaults(run=_sync(wallet_refund))
 
 
 def _add_journal_commands(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`meterway wallet create|credit|show|transactions`: wallets and operator adjustments."""
+"""`meterway wallet create|credit|show|transactions|refund`: wallets, operator adjustments and refunds."""
 
 from __future__ import annotations
 
@@ -86,4 +86,13 @@ async def wallet_transactions(ops: Any, settings: Settings, args: argparse.Names
         t = r.transfer
         sign = "+" if t.credit_account == args.wallet_id else "-"
         print(f"{r.created_at}\t{t.kind.value}\t{sign}{format_usd(t.amount_nusd)}\t{t.transfer_id}\t{t.memo or ''}")
+    return 0
+
+
+async def wallet_refund(ops: Any, settings: Settings, args: argparse.Namespace) -> int:
+    """Give a settled request's charge back to its wallet; running it again refunds nothing more."""
+    outcome, amount, wallet = await ops.refund(args.request_id, args.reason)
+    done = "refunded" if outcome.value == "created" else "already refunded"
+    print(f"{done}: {format_usd(amount)} USD to {wallet.wallet_id} for {args.request_id};"
+          f" balance {format_usd(wallet.balance_nusd)} USD")
     return 0
