@@ -61,3 +61,32 @@ def test_invalid_config_is_reported_at_start(tmp_path: Path) -> None:
     result = meterway(tmp_path, "--config", str(config), "serve")
     assert result.returncode == 2
     assert "providers.p.base_url" in result.stderr and "models.m" in result.stderr
+
+
+def test_an_operator_refunds_a_request_once(tmp_path: Path) -> None:
+    import asyncio
+    import dataclasses
+
+    from ledger.sqlite_book import SqliteBook
+    from tests.test_ledger_contract import usage
+
+    assert meterway(tmp_path, "migrate").returncode == 0
+    meterway(tmp_path, "wallet", "create", "acme")
+    meterway(tmp_path, "wallet", "credit", "acme", "1")
+
+    async def settle() -> None:
+        book = SqliteBook(str(tmp_path / "cli.sqlite3"))
+        try:
+            await book.settle_batch([dataclasses.replace(usage("req_bad", "acme", 250_000_000), key_id="k")])
+        finally:
+            await book.close()
+
+    asyncio.run(settle())
+    first = meterway(tmp_path, "wallet", "refund", "req_bad", "--reason", "the provider answered garbage")
+    assert first.stdout.strip() == "refunded: 0.25 USD to acme for req_bad; balance 1 USD", first
+    again = meterway(tmp_path, "wallet", "refund", "req_bad", "--reason", "the provider answered garbage")
+    assert again.stdout.strip() == "already refunded: 0.25 USD to acme for req_bad; balance 1 USD", again
+    assert "refund\t+0.25\trefund:req_bad\tthe provider answered garbage" in meterway(
+        tmp_path, "wallet", "transactions", "acme").stdout
+    unknown = meterway(tmp_path, "wallet", "refund", "req_none", "--reason", "x")
+    assert unknown.returncode == 1 and "no settled request" in unknown.stderr
