@@ -215,6 +215,52 @@ class Limits(_Frozen):
         return self
 
 
+class DisplayUnit(_Frozen):
+    """Amounts also shown in a unit of the operator's choosing, e.g. "$1 = 10,000 credits"."""
+
+    name: str = Field(min_length=1, max_length=32)
+    per_usd: int = Field(gt=0, le=10**9)
+
+
+class WalletSettings(_Frozen):
+    """What wallet owners see (the /api wallet API): warning thresholds, display unit, invitations."""
+
+    low_balance_usd: str = "5"  # default "low" warning; an org may set its own
+    critical_balance_usd: str = "1"
+    display_unit: DisplayUnit | None = None
+    invite_ttl_s: float = Field(7 * 24 * 3600.0, ge=60, le=90 * 24 * 3600)
+    # None: invitation links are built from the request's scheme and host
+    public_base_url: str | None = None
+    management_key_cache_ttl_s: float = Field(1.0, ge=0, le=60)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> WalletSettings:
+        try:
+            low, critical = parse_usd(self.low_balance_usd), parse_usd(self.critical_balance_usd)
+        except MoneyFormatError as exc:
+            raise ValueError(f"wallet thresholds: {exc}") from exc
+        if not 0 < critical < low:
+            raise ValueError("wallet: 0 < critical_balance_usd < low_balance_usd is required")
+        return self
+
+    @property
+    def low_balance_nusd(self) -> int:
+        return parse_usd(self.low_balance_usd)
+
+    @property
+    def critical_balance_nusd(self) -> int:
+        return parse_usd(self.critical_balance_usd)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MW_", env_nested_delimiter="__", extra="forbid", frozen=True, populate_by_name=True
@@ -238,6 +284,7 @@ class Settings(BaseSettings):
     providers: dict[str, Provider] = {}
     models: dict[str, ModelConfig] = {}
     limits: Limits = Limits()
+    wallet: WalletSettings = WalletSettings()
 
     @classmethod
     def settings_customise_sources(
