@@ -10,7 +10,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway import errors
-from gateway.http import admin, models, readiness
+from gateway.http import admin, api, models, readiness
 from gateway.http.auth import KeyCache, bearer_matches
 from gateway.http.proxy import ENDPOINTS, Proxy, new_request_id
 from gateway.http.responses import error_response, response_started
@@ -43,6 +43,7 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readiness.readyz)
+    api.add_routes(app, settings.wallet)  # the wallet API for owners (management keys)
     if settings.admin_token is not None:
         admin.add_routes(app)  # no admin token: /admin/* does not exist (404), rather than a door to guess at
     return app

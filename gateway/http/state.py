@@ -17,14 +17,14 @@ from gateway.metrics import Metrics
 from gateway.money.calls import Route
 from gateway.money.settlement import Settler
 from gateway.upstream import Upstream
-from ledger.book import Book
 from ledger.holds import HoldStore
+from ledger.store import LedgerStore
 
 
 @dataclass(frozen=True)
 class GatewayState:
     settings: Settings
-    book: Book
+    book: LedgerStore
     holds: HoldStore
     settler: Settler
     keys: KeyCache

@@ -1,0 +1,79 @@
+"""Every input the wallet API (/api) takes, as strict pydantic models (the style of admin_models.py).
+
+Query strings are text, so their integers are parsed laxly and bounded; an
+out-of-range or non-integer limit is a 400 naming "limit", never a clamp.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field, field_validator
+
+from gateway.http.admin_models import AdminInput, Identifier, Name, UsdAmount, parse
+from ledger.history import ENTRIES_LIMIT_MAX
+from ledger.owners import Role
+
+__all__ = ["parse"]
+LIMIT_DEFAULT = 50
+CURSOR_CHARS_MAX = 512
+
+
+class ApiInput(AdminInput):
+    pass
+
+
+class Page(ApiInput):
+    limit: int = Field(LIMIT_DEFAULT, ge=1, le=ENTRIES_LIMIT_MAX, strict=False)
+    cursor: str | None = Field(None, min_length=1, max_length=CURSOR_CHARS_MAX)
+
+
+class TransactionsQuery(Page):
+    type: str | None = Field(None, max_length=1000)
+    from_: datetime | None = Field(None, alias="from", strict=False)
+    to: datetime | None = Field(None, strict=False)
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("a time needs a timezone, e.g. 2026-11-01T00:00:00Z")
+        return value
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in (self.type or "").split(",") if k.strip())
+
+
+class WalletSettingsPatch(ApiInput):
+    low_balance_threshold: UsdAmount | None
+
+
+class CreateKey(ApiInput):
+    name: Name | None = None
+    bot: Name | None = None
+
+
+class Invite(ApiInput):
+    name: Name = Field(min_length=1)
+    role: Role = Field(strict=False)
+
+
+class MemberPatch(ApiInput):
+    role: Role | None = Field(None, strict=False)
+    monthly_limit: UsdAmount | None = None
+
+
+class Accept(ApiInput):
+    name: Name | None = None
+
+
+class CreateManagementKey(ApiInput):
+    name: Name | None = None
+
+
+class IdPath(ApiInput):
+    id: Identifier
+
+
+class TokenPath(ApiInput):
+    token: str = Field(min_length=1, max_length=100)
