@@ -32,8 +32,8 @@ from gateway.money.roles import Permission, allows
 from gateway.money.wallet_owners import WalletOwners, describe
 from ledger.errors import LedgerError
 from ledger.history import Entry, EntryQuery
-from ledger.owners import InviteInvalid, LastOwner, ManagementIdentity, MemberStatus, Org
 from ledger.money import MoneyFormatError, format_usd, parse_usd
+from ledger.owners import InviteInvalid, LastOwner, ManagementIdentity, MemberStatus, Org
 
 ENTRIES_CACHE_MAX = 10_000
 Model = TypeVar("Model", bound=inputs.ApiInput)

@@ -21,8 +21,8 @@ from gateway.money.keys import hash_secret
 from gateway.money.owner_keys import looks_like_invite_token
 from gateway.money.roles import Permission
 from ledger.history import Spend
-from ledger.owners import InviteInvalid, ManagementKeyRecord, Member
 from ledger.money import parse_usd
+from ledger.owners import InviteInvalid, ManagementKeyRecord, Member
 from ledger.times import utc_text
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from config.settings import WalletSettings
+from gateway.dialects.openai import UPSTREAM_PATHS
 from gateway.money.keys import hash_secret
 from gateway.money.owner_keys import NewManagementKey, generate_invite, generate_management_key, new_member_id
 from ledger.caps import month_period
@@ -80,15 +81,18 @@ def describe(entry: Entry) -> str:
     if kind == "usage" and entry.usage is not None:
         u = entry.usage
         cached = f" ({_tokens(u.cached_tokens)} cached)" if u.cached_tokens else ""
-        return (f"{u.model} via {u.endpoint}: {_tokens(u.prompt_tokens)} in{cached} + "
+        path = f"/v1{UPSTREAM_PATHS[u.endpoint]}" if u.endpoint in UPSTREAM_PATHS else u.endpoint
+        return (f"{u.model} via {path}: {_tokens(u.prompt_tokens)} in{cached} + "
                 f"{_tokens(u.completion_tokens)} out tokens (key '{u.key_id}')")
     fixed = {
-        "usage": "Usage", "deposit": "Deposit", "discount": "Discount", "reward": "Reward",
+        "usage": "Usage", "discount": "Discount", "reward": "Reward",
         "expiry": "Expired credit", "earning": "Earning", "payout": "Payout", "payment": "Payment",
         "shortfall": "Unpaid part of a request",
     }
     if kind == "refund":
         return f"Refund of request {entry.request_id}" if entry.request_id else "Refund"
+    if kind == "deposit":  # the ledger's memo names the order: "deposit dep_1 (card)"
+        return entry.memo[:1].upper() + entry.memo[1:] if entry.memo else "Deposit"
     if kind == "adjustment":
         return entry.memo or "Adjustment by the operator"
     if kind == "reversal":
