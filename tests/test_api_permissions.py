@@ -145,3 +145,22 @@ async def test_another_wallets_key_and_member_are_not_found(gw):
     status, answer = await call(gw, "PATCH", f"/api/members/{theirs.members['target']}", mine.secrets["owner"],
                                 {"role": "owner"})
     assert status == 404, answer
+
+
+async def test_the_operator_creates_an_org_and_its_first_owner_key(gw):
+    from tests.gateway_harness import ADMIN_TOKEN
+
+    wallet_id = f"w{uuid.uuid4().hex[:10]}"
+    gw.wallets.append(wallet_id)
+    body = {"wallet": wallet_id, "name": "Acme", "owner_name": "Olive"}
+    status, created = await call(gw, "POST", "/admin/orgs", ADMIN_TOKEN, body)
+    assert status == 201 and created["owner"]["role"] == "owner", created
+    secret = created["management_key"]["key"]
+    status, wallet = await call(gw, "GET", "/api/wallet", secret)
+    assert status == 200 and wallet["id"] == wallet_id and wallet["warning"]["level"] == "empty", wallet
+    status, again = await call(gw, "POST", "/admin/orgs", ADMIN_TOKEN, body)
+    assert status == 409 and again["error"]["code"] == "org_exists", again
+    status, refused = await call(gw, "POST", "/admin/orgs", secret, body)
+    assert status == 401, refused
+    status, bad = await call(gw, "POST", "/admin/orgs", ADMIN_TOKEN, {**body, "owner_name": ""})
+    assert status == 400 and bad["error"]["param"] == "owner_name", bad

@@ -24,6 +24,7 @@ from gateway.money.operations import Operations, new_credit_id
 from ledger.errors import AccountExists, IdempotencyConflict, UnknownAccount
 from ledger.holds import HoldStoreUnavailable
 from ledger.money import MoneyFormatError, format_usd, parse_usd
+from ledger.owners import OrgExists
 
 Handler = Callable[[web.Request, Operations], Awaitable[web.Response]]
 Model = TypeVar("Model", bound=inputs.AdminInput)
@@ -34,6 +35,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/wallets/{wallet_id}", _admin(show_wallet))
     app.router.add_post("/admin/wallets/{wallet_id}/credits", _admin(credit_wallet))
     app.router.add_get("/admin/wallets/{wallet_id}/transactions", _admin(wallet_transactions))
+    app.router.add_post("/admin/orgs", _admin(create_org))
     app.router.add_post("/admin/keys", _admin(create_key))
     app.router.add_get("/admin/keys", _admin(list_keys))
     app.router.add_delete("/admin/keys/{key_id}", _admin(revoke_key))
@@ -59,7 +61,7 @@ def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]
             return error_response(refused.error)
         except UnknownAccount as exc:
             return error_response(not_found(str(exc)))
-        except (AccountExists, IdempotencyConflict) as exc:
+        except (AccountExists, IdempotencyConflict, OrgExists) as exc:
             return error_response(ApiError(409, str(exc), "invalid_request_error", exc.code))
         except (ValueError, MoneyFormatError) as exc:
             return error_response(invalid_request(str(exc)))
@@ -127,6 +129,20 @@ async def wallet_transactions(request: web.Request, ops: Operations) -> web.Resp
          "amount_nusd": r.transfer.amount_nusd, "request_id": r.transfer.request_id, "memo": r.transfer.memo,
          "created_at": r.created_at}
         for r in records]})
+
+
+async def create_org(request: web.Request, ops: Operations) -> web.Response:
+    """An organisation for a wallet (created if missing) and its first owner; the owner's management key, once."""
+    from gateway.money.wallet_owners import WalletOwners
+
+    payload = _valid(inputs.CreateOrg, await _json(request))
+    state = request.app[STATE]
+    org, owner, new = await WalletOwners(state.book, state.holds, state.settings.wallet).create_org(
+        payload.wallet, payload.name, payload.owner_name)
+    return web.json_response({"wallet": org.wallet_id, "name": org.name, "created_at": org.created_at,
+                              "owner": {"id": owner.member_id, "name": owner.name, "role": owner.role.value},
+                              "management_key": {"id": new.key_id, "prefix": new.display_prefix, "key": new.secret}},
+                             status=201)
 
 
 async def create_key(request: web.Request, ops: Operations) -> web.Response:

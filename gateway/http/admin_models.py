@@ -61,6 +61,13 @@ class CreateKey(AdminInput):
     bot: Name | None = None
 
 
+class CreateOrg(AdminInput):
+    wallet: WalletId
+    name: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=NAME_CHARS_MAX, pattern=_PRINTABLE)]
+    owner_name: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=NAME_CHARS_MAX,
+                                                 pattern=_PRINTABLE)]
+
+
 class WalletPath(AdminInput):
     wallet_id: WalletId
 
@@ -120,6 +127,7 @@ _RULES = {
     "id": _WALLET_ID_RULE, "wallet": _WALLET_ID_RULE, "wallet_id": _WALLET_ID_RULE,
     "key_id": _ID_RULE, "request_id": _ID_RULE,
     "transfer_id": f"an id: 1-{ID_CHARS_MAX} letters, digits and '_ . : / # @ + = -', starting with a letter or digit.",
+    "owner_name": f"a non-empty string of at most {NAME_CHARS_MAX} characters, without control characters.",
     "name": f"a string of at most {NAME_CHARS_MAX} characters, without control characters.",
     "bot": f"a string of at most {NAME_CHARS_MAX} characters, without control characters.",
     "memo": f"a string of at most {MEMO_CHARS_MAX} characters, without control characters.",
