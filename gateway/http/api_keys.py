@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.errors import not_found
 from gateway.http import api_models as inputs
-from gateway.http.api import Caller, Refused, api, json_body, money, valid
+from gateway.http.api_base import Caller, Refused, api, json_body, money, valid
 from gateway.http.state import STATE
 from gateway.money.operations import Operations
 from gateway.money.roles import Permission

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.errors import not_found
 from gateway.http import api_models as inputs
-from gateway.http.api import Caller, Refused, api, guarded, json_body, money_or_none, owners_of, valid
+from gateway.http.api_base import Caller, Refused, api, guarded, json_body, money_or_none, owners_of, valid
 from gateway.http.state import STATE
 from gateway.money.caps import apply_member_limit
 from gateway.money.keys import hash_secret
