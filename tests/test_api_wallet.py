@@ -15,8 +15,8 @@ from gateway.money.wallet_owners import WarningLevel, describe, warning_level
 from ledger.book import FUNDING_ACCOUNT, Transfer, TransferKind
 from ledger.history import Entry, UsageSummary
 from ledger.money import parse_usd
-from ledger.owners import Deposit, DepositStatus
-from tests.test_api_permissions import call, make_org
+from ledger.owners import Deposit, DepositStatus, Role
+from tests.test_api_permissions import call, make_org, owners
 
 LOW, CRITICAL = parse_usd("5"), parse_usd("1")
 
@@ -88,7 +88,7 @@ async def test_transactions_of_each_kind_with_their_descriptions(gw):
     assert usage["amount"]["nusd"] < 0 and usage["request_id"] == request_id
     assert usage["description"].startswith("gpt-4o-mini via /v1/chat/completions: ")
     assert f"(key '{org.keys['developer']}')" in usage["description"]
-    assert by_type["refund"]["description"] == f"Refund of request {request_id}"
+    assert by_type["refund"]["description"] == f"Refund of request {request_id}: the answer was cut"
     assert by_type["refund"]["amount"]["nusd"] == -usage["amount"]["nusd"]
     assert by_type["deposit"]["description"] == "Deposit dep_1 (card)" and by_type["deposit"]["amount"]["usd"] == "3"
     assert by_type["adjustment"]["description"] == "test funding"
@@ -99,7 +99,11 @@ async def test_transactions_of_each_kind_with_their_descriptions(gw):
     future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     status, body = await call(gw, "GET", f"/api/wallet/transactions?from={future}", org.secrets["owner"])
     assert status == 200 and body["data"] == [] and body["total"] == 0
-    # a developer sees its own keys' usage only
+    # a developer sees its own keys' usage only; one with no key sees nothing
+    invitation = await owners(gw).invite(org.wallet_id, "New", Role.DEVELOPER, datetime.now(UTC))
+    _, fresh = await owners(gw).accept(invitation.token)
+    status, body = await call(gw, "GET", "/api/wallet/transactions", fresh.secret)
+    assert status == 200 and body["data"] == [] and body["total"] == 0, body
     status, body = await call(gw, "GET", "/api/wallet/transactions", org.secrets["developer"])
     assert [e["type"] for e in body["data"]] == ["usage"], body
     status, body = await call(gw, "GET", "/api/wallet/deposits", org.secrets["owner"])

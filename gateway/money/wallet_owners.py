@@ -90,7 +90,8 @@ def describe(entry: Entry) -> str:
         "shortfall": "Unpaid part of a request",
     }
     if kind == "refund":
-        return f"Refund of request {entry.request_id}" if entry.request_id else "Refund"
+        text = f"Refund of request {entry.request_id}" if entry.request_id else "Refund"
+        return f"{text}: {entry.memo}" if entry.memo else text  # the operator's reason
     if kind == "deposit":  # the ledger's memo names the order: "deposit dep_1 (card)"
         return entry.memo[:1].upper() + entry.memo[1:] if entry.memo else "Deposit"
     if kind == "adjustment":
