@@ -161,3 +161,17 @@ def test_every_kind_has_a_description_and_an_unknown_one_too():
         entry = Entry("t1", kind, -1, "x", "2026-11-24T00:00:00.000Z", request_id="req_1",
                       usage=usage if kind == "usage" else None)
         assert describe(entry) == text, kind
+
+
+@pytest.mark.parametrize("wallet", [{"low_balance_usd": "1", "critical_balance_usd": "2"},
+                                    {"critical_balance_usd": "0"}, {"low_balance_usd": "five"},
+                                    {"invite_ttl_s": 0}, {"public_base_url": "gw.example.com"},
+                                    {"management_key_cache_ttl_s": 3600},
+                                    {"display_unit": {"name": "credits", "per_usd": 0}}])
+def test_wallet_settings_are_refused_when_inconsistent(wallet):
+    from pydantic import ValidationError
+
+    from config.settings import Settings
+
+    with pytest.raises(ValidationError):
+        Settings(wallet=wallet)
