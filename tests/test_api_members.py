@@ -19,10 +19,11 @@ async def test_an_invitation_link_is_accepted_once(gw):
     path = url[len(gw.base_url):]
     status, shown = await call(gw, "GET", path)
     assert status == 200 and shown["org"] == "Acme" and shown["role"] == "developer", shown
-    status, accepted = await call(gw, "POST", f"{path}/accept", None, {})
+    status, accepted = await call(gw, "POST", f"{path}/accept", None, {"name": "Nina's laptop"})
     assert status == 201, accepted
     secret = accepted["management_key"]["key"]
     assert secret.startswith("mwm-") and accepted["member"]["status"] == "active"
+    assert accepted["management_key"]["name"] == "Nina's laptop", accepted
     status, me = await call(gw, "GET", "/api/members/me", secret)
     assert status == 200 and me["name"] == "Nina" and me["role"] == "developer", me
     for method in ("GET", "POST"):

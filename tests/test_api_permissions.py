@@ -47,7 +47,7 @@ async def make_org(gw, usd: str = "20") -> Org:
     now = datetime.now(UTC)
     for who, role in (("developer", Role.DEVELOPER), ("viewer", Role.VIEWER), ("target", Role.VIEWER)):
         invitation = await service.invite(wallet_id, who.capitalize(), role, now)
-        member, key = await service.accept(invitation.token)
+        member, _, key = await service.accept(invitation.token)
         org.secrets[who], org.members[who] = key.secret, member.member_id
     for role in ROLES:
         key, _ = await gw.ops.create_key(wallet_id, f"{role}-key", member_id=org.members[role])

@@ -101,7 +101,7 @@ async def test_transactions_of_each_kind_with_their_descriptions(gw):
     assert status == 200 and body["data"] == [] and body["total"] == 0
     # a developer sees its own keys' usage only; one with no key sees nothing
     invitation = await owners(gw).invite(org.wallet_id, "New", Role.DEVELOPER, datetime.now(UTC))
-    _, fresh = await owners(gw).accept(invitation.token)
+    _, _, fresh = await owners(gw).accept(invitation.token)
     status, body = await call(gw, "GET", "/api/wallet/transactions", fresh.secret)
     assert status == 200 and body["data"] == [] and body["total"] == 0, body
     status, body = await call(gw, "GET", "/api/wallet/transactions", org.secrets["developer"])

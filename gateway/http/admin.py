@@ -10,14 +10,14 @@ strings and are integers inside.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.errors import ApiError, invalid_request, not_found
 from gateway.http import admin_models as inputs
 from gateway.http.auth import bearer_matches
+from gateway.http.bodies import Refused, json_body, valid
 from gateway.http.responses import error_response
 from gateway.http.state import STATE
 from gateway.money.operations import Operations, new_credit_id
@@ -27,7 +27,6 @@ from ledger.money import MoneyFormatError, format_usd, parse_usd
 from ledger.owners import OrgExists
 
 Handler = Callable[[web.Request, Operations], Awaitable[web.Response]]
-Model = TypeVar("Model", bound=inputs.AdminInput)
 
 
 def add_routes(app: web.Application) -> None:
@@ -36,17 +35,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/wallets/{wallet_id}/credits", _admin(credit_wallet))
     app.router.add_get("/admin/wallets/{wallet_id}/transactions", _admin(wallet_transactions))
     app.router.add_post("/admin/orgs", _admin(create_org))
+    app.router.add_post("/admin/requests/{request_id}/refund", _admin(refund_request))
     app.router.add_post("/admin/keys", _admin(create_key))
     app.router.add_get("/admin/keys", _admin(list_keys))
     app.router.add_delete("/admin/keys/{key_id}", _admin(revoke_key))
-
-
-class _Refused(Exception):
-    """Input that failed validation; carries the 4xx to answer with."""
-
-    def __init__(self, error: ApiError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -57,7 +49,7 @@ def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]
                                            "invalid_request_error", "invalid_admin_token"))
         try:
             return await handler(request, Operations(state.book, state.holds))
-        except _Refused as refused:
+        except Refused as refused:
             return error_response(refused.error)
         except UnknownAccount as exc:
             return error_response(not_found(str(exc)))
@@ -69,20 +61,6 @@ def _admin(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]
     return wrapped
 
 
-def _valid(model: type[Model], data: Any) -> Model:
-    parsed = inputs.parse(model, data)
-    if isinstance(parsed, ApiError):
-        raise _Refused(parsed)
-    return parsed
-
-
-async def _json(request: web.Request) -> Any:
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise _Refused(invalid_request("The body must be a JSON object.")) from exc
-
-
 def _wallet_json(view: Any) -> dict[str, Any]:
     wallet = view.wallet
     return {"id": wallet.wallet_id, "name": wallet.name, "balance": format_usd(wallet.balance_nusd),
@@ -90,19 +68,19 @@ def _wallet_json(view: Any) -> dict[str, Any]:
 
 
 async def create_wallet(request: web.Request, ops: Operations) -> web.Response:
-    payload = _valid(inputs.CreateWallet, await _json(request))
+    payload = valid(inputs.CreateWallet, await json_body(request))
     wallet = await ops.create_wallet(payload.id, payload.name)
     return web.json_response(_wallet_json(await ops.show(wallet.wallet_id)), status=201)
 
 
 async def show_wallet(request: web.Request, ops: Operations) -> web.Response:
-    wallet_id = _valid(inputs.WalletPath, dict(request.match_info)).wallet_id
+    wallet_id = valid(inputs.WalletPath, dict(request.match_info)).wallet_id
     return web.json_response(_wallet_json(await ops.show(wallet_id)))
 
 
 async def credit_wallet(request: web.Request, ops: Operations) -> web.Response:
-    wallet_id = _valid(inputs.WalletPath, dict(request.match_info)).wallet_id
-    payload = _valid(inputs.Credit, await _json(request))
+    wallet_id = valid(inputs.WalletPath, dict(request.match_info)).wallet_id
+    payload = valid(inputs.Credit, await json_body(request))
     amount = parse_usd(payload.amount)
     if amount <= 0:
         raise ValueError("amount must be positive")
@@ -120,8 +98,8 @@ async def credit_wallet(request: web.Request, ops: Operations) -> web.Response:
 
 
 async def wallet_transactions(request: web.Request, ops: Operations) -> web.Response:
-    wallet_id = _valid(inputs.WalletPath, dict(request.match_info)).wallet_id
-    query = _valid(inputs.TransactionsQuery, dict(request.query))
+    wallet_id = valid(inputs.WalletPath, dict(request.match_info)).wallet_id
+    query = valid(inputs.TransactionsQuery, dict(request.query))
     records = await ops.transactions(wallet_id, query.limit)
     return web.json_response({"data": [
         {"id": r.transfer.transfer_id, "kind": r.transfer.kind.value, "from": r.transfer.debit_account,
@@ -131,11 +109,21 @@ async def wallet_transactions(request: web.Request, ops: Operations) -> web.Resp
         for r in records]})
 
 
+async def refund_request(request: web.Request, ops: Operations) -> web.Response:
+    """A settled request's charge back to its wallet, once: a retry answers 200 with the same refund."""
+    request_id = valid(inputs.RequestPath, dict(request.match_info)).request_id
+    payload = valid(inputs.Refund, await json_body(request))
+    outcome, amount, wallet = await ops.refund(request_id, payload.reason)
+    body = {"outcome": outcome.value, "request_id": request_id, "amount": format_usd(amount), "amount_nusd": amount,
+            "wallet": wallet.wallet_id, "balance": format_usd(wallet.balance_nusd)}
+    return web.json_response(body, status=201 if outcome.value == "created" else 200)
+
+
 async def create_org(request: web.Request, ops: Operations) -> web.Response:
     """An organisation for a wallet (created if missing) and its first owner; the owner's management key, once."""
     from gateway.money.wallet_owners import WalletOwners
 
-    payload = _valid(inputs.CreateOrg, await _json(request))
+    payload = valid(inputs.CreateOrg, await json_body(request))
     state = request.app[STATE]
     org, owner, new = await WalletOwners(state.book, state.holds, state.settings.wallet).create_org(
         payload.wallet, payload.name, payload.owner_name)
@@ -146,14 +134,14 @@ async def create_org(request: web.Request, ops: Operations) -> web.Response:
 
 
 async def create_key(request: web.Request, ops: Operations) -> web.Response:
-    payload = _valid(inputs.CreateKey, await _json(request))
+    payload = valid(inputs.CreateKey, await json_body(request))
     new, record = await ops.create_key(payload.wallet, payload.name, payload.bot)
     return web.json_response({"id": record.key_id, "key": new.secret, "prefix": record.prefix,
                               "wallet": record.wallet_id, "name": record.name, "bot": record.bot}, status=201)
 
 
 async def list_keys(request: web.Request, ops: Operations) -> web.Response:
-    query = _valid(inputs.KeysQuery, dict(request.query))
+    query = valid(inputs.KeysQuery, dict(request.query))
     keys = await ops.book.list_keys(query.wallet)
     return web.json_response({"data": [
         {"id": k.key_id, "prefix": k.prefix, "wallet": k.wallet_id, "name": k.name, "bot": k.bot,
@@ -161,7 +149,7 @@ async def list_keys(request: web.Request, ops: Operations) -> web.Response:
 
 
 async def revoke_key(request: web.Request, ops: Operations) -> web.Response:
-    key_id = _valid(inputs.KeyPath, dict(request.match_info)).key_id
+    key_id = valid(inputs.KeyPath, dict(request.match_info)).key_id
     if not await ops.book.revoke_key(key_id):
         return error_response(not_found(f"no active key {key_id!r}"))
     request.app[STATE].keys.forget(key_id)

@@ -68,6 +68,11 @@ class CreateOrg(AdminInput):
                                                  pattern=_PRINTABLE)]
 
 
+class Refund(AdminInput):
+    # Required: the reason is kept with the refund and shown to the wallet's owner.
+    reason: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MEMO_CHARS_MAX, pattern=_PRINTABLE)]
+
+
 class WalletPath(AdminInput):
     wallet_id: WalletId
 
@@ -131,4 +136,5 @@ _RULES = {
     "name": f"a string of at most {NAME_CHARS_MAX} characters, without control characters.",
     "bot": f"a string of at most {NAME_CHARS_MAX} characters, without control characters.",
     "memo": f"a string of at most {MEMO_CHARS_MAX} characters, without control characters.",
+    "reason": f"a non-empty string of at most {MEMO_CHARS_MAX} characters, without control characters.",
 }

@@ -15,7 +15,8 @@ from config.settings import WalletSettings
 from gateway.errors import invalid_request
 from gateway.http import api_keys, api_members
 from gateway.http import api_models as inputs
-from gateway.http.api_base import MANAGEMENT_KEYS, Caller, ManagementKeys, Refused, api, json_body, money, org_of, valid
+from gateway.http.api_base import MANAGEMENT_KEYS, Caller, ManagementKeys, api, money, org_of
+from gateway.http.bodies import Refused, json_body, valid
 from gateway.money.roles import Permission
 from gateway.money.wallet_owners import describe
 from ledger.history import Entry, EntryQuery

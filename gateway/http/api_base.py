@@ -15,15 +15,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import orjson
 from aiohttp import web
 
 from config.settings import WalletSettings
 from gateway.errors import ApiError, invalid_request, not_found
-from gateway.http import api_models as inputs
 from gateway.http.auth import bearer_secret
+from gateway.http.bodies import Refused
 from gateway.http.responses import error_response
 from gateway.http.state import STATE
 from gateway.money.keys import hash_secret, looks_like_key
@@ -35,13 +34,6 @@ from ledger.money import MoneyFormatError, format_usd
 from ledger.owners import InviteInvalid, LastOwner, ManagementIdentity, MemberStatus, Org
 
 ENTRIES_CACHE_MAX = 10_000
-Model = TypeVar("Model", bound=inputs.ApiInput)
-
-
-class Refused(Exception):
-    def __init__(self, error: ApiError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 def invalid_management_key(message: str = "Incorrect management key provided.") -> ApiError:
@@ -168,23 +160,6 @@ async def authenticate(keys: ManagementKeys, owners: WalletOwners, authorization
     if identity.member.status is not MemberStatus.ACTIVE:
         raise Refused(invalid_management_key("This management key's member was removed from the organisation."))
     return identity
-
-
-def valid(model: type[Model], data: Any) -> Model:
-    parsed = inputs.parse(model, data)
-    if isinstance(parsed, ApiError):
-        raise Refused(parsed)
-    return parsed
-
-
-async def json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise Refused(invalid_request("The body must be a JSON object.")) from exc
 
 
 def money(amount_nusd: int, settings: WalletSettings) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from gateway.errors import not_found
 from gateway.http import api_models as inputs
-from gateway.http.api_base import Caller, Refused, api, json_body, money, valid
+from gateway.http.api_base import Caller, api, money
+from gateway.http.bodies import Refused, json_body, valid
 from gateway.http.state import STATE
 from gateway.money.operations import Operations
 from gateway.money.roles import Permission

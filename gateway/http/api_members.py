@@ -14,7 +14,8 @@ from aiohttp import web
 
 from gateway.errors import not_found
 from gateway.http import api_models as inputs
-from gateway.http.api_base import Caller, Refused, api, guarded, json_body, money_or_none, owners_of, valid
+from gateway.http.api_base import Caller, api, guarded, money_or_none, owners_of
+from gateway.http.bodies import Refused, json_body, valid
 from gateway.http.state import STATE
 from gateway.money.caps import apply_member_limit
 from gateway.money.keys import hash_secret
@@ -162,9 +163,7 @@ async def accept_invite(request: web.Request) -> web.Response:
     token = _token(request)
     body = valid(inputs.Accept, await json_body(request))
     owners = owners_of(request)
-    member, new = await owners.accept(token)
-    del body  # the member's name was given by the owner who invited it; the protocol has no rename
+    member, key, new = await owners.accept(token, body.name)
     s = owners.settings
-    key = ManagementKeyRecord(new.key_id, new.secret_hash, new.display_prefix, member.member_id, None)
     return web.json_response({"member": member_json(member, s),
                               "management_key": {**management_key_json(key), "key": new.secret}}, status=201)

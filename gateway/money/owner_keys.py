@@ -11,20 +11,15 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from gateway.money.keys import hash_secret
+from gateway.money.keys import NewKey, hash_secret
 
 MANAGEMENT_KEY_PREFIX = "mwm-"
 MANAGEMENT_SECRET_PATTERN = re.compile(r"^mwm-[A-Za-z0-9_-]{43}$")
 INVITE_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 DISPLAY_PREFIX_CHARS = 12
 
-
-@dataclass(frozen=True)
-class NewManagementKey:
-    key_id: str
-    secret: str  # shown once, never stored
-    secret_hash: str
-    display_prefix: str
+# A new secret, shown once: the same value for both kinds of key.
+NewManagementKey = NewKey
 
 
 @dataclass(frozen=True)

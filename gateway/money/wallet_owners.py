@@ -137,11 +137,13 @@ class WalletOwners:
         await self.store.create_invite(invite.invite_id, member.member_id, invite.token_hash, utc_text(expires))
         return Invitation(member, invite.token, expires)
 
-    async def accept(self, token: str) -> tuple[Member, NewManagementKey]:
+    async def accept(self, token: str, key_name: str | None = None) -> tuple[Member, ManagementKeyRecord, NewManagementKey]:
+        """The member becomes active and gets its first management key (named `key_name`), once."""
         new = generate_management_key()
         member_id = await self._invited_member_id(token)
-        member = await self.store.accept_invite(hash_secret(token), self._key_record(new, member_id=member_id))
-        return member, new
+        record = self._key_record(new, member_id=member_id, name=key_name)
+        member = await self.store.accept_invite(hash_secret(token), record)
+        return member, record, new
 
     async def _invited_member_id(self, token: str) -> str:
         from ledger.owners import InviteInvalid
