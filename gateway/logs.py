@@ -9,7 +9,8 @@ Two defences, installed by `meterway serve` where logging is configured:
   one line naming the error class only, at WARNING: a client's mistake is
   not our traceback.
 - `RedactSecrets`, on every handler of the root logger, rewrites whatever is
-  left: `Bearer …` values, `Authorization:` values, Meterway keys (`mw-…`),
+  left: `Bearer …` values, `Authorization:` values, Meterway keys (`mw-…`,
+  `mwm-…`), invitation tokens in `/api/invites/…` paths,
   provider-style keys (`sk-…`), and the configured secrets themselves (admin
   and metrics tokens, provider keys, database and Redis passwords), including
   any long prefix of them, in the message, its arguments and its traceback.
@@ -35,7 +36,8 @@ _STOP = r"[^\s'\"\\,;]"  # characters a token is made of, in a repr or a header 
 _PATTERNS = (
     re.compile(rf"(?i)(\bbearer\s+){_STOP}+"),
     re.compile(rf"(?i)(\bauthorization\b['\"]?\s*[:=,]\s*['\"]?)(?!bearer\b){_STOP}+"),
-    re.compile(r"(\bmw-)[A-Za-z0-9_-]{4,}"),
+    re.compile(r"(\bmwm?-)[A-Za-z0-9_-]{4,}"),  # inference (mw-) and management (mwm-) keys
+    re.compile(r"(/api/invites/)[A-Za-z0-9_-]{8,}"),  # an invitation link works once, for whoever has it
     re.compile(r"(\bsk-)[A-Za-z0-9_-]{8,}"),
 )
 SERVER_LOGGER = "aiohttp.server"

@@ -126,6 +126,18 @@ def test_redactor_rewrites_aiohttps_record_of_an_oversized_header() -> None:
     assert REDACTED in text and "Error handling request from 127.0.0.1" in text and "Traceback" in text
 
 
+def test_redactor_hides_management_keys_and_invitation_links() -> None:
+    management = "mwm-" + secrets.token_urlsafe(32)
+    token = secrets.token_urlsafe(32)
+    redactor = RedactSecrets()
+    record = logging.LogRecord("meterway", logging.WARNING, __file__, 1, "key %s, link %s", (
+        management, f"https://gw.example.com/api/invites/{token}/accept"), None)
+    assert redactor.filter(record)
+    text = record.getMessage()
+    assert management[4:16] not in text and token[:12] not in text, text
+    assert text == f"key mwm-{REDACTED}, link https://gw.example.com/api/invites/{REDACTED}/accept", text
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
