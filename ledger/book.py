@@ -49,6 +49,7 @@ class TransferKind(str, enum.Enum):
     PAYMENT = "payment"  # a wallet pays others (a creator, a platform fee): a multi-leg posting
     REVERSAL = "reversal"  # money taken back (refund, chargeback, reorg, clawback); the rest is owed
     REFUND = "refund"  # money returned TO a wallet, e.g. a failed request's charge (migration 0003)
+    EXPIRY = "expiry"  # prepaid credit that expired unused: wallet -> sys:funding (ledger/lots.py, migration 0003)
 
 
 # Written only by settle_batch, so the usage log and these transfers always agree.
