@@ -37,6 +37,7 @@ from ledger.book import (
 from ledger.cap_settle import settled_cap_spend, with_caps
 from ledger.errors import AccountExists, LedgerError, LedgerFailure, LedgerUnavailable, UnknownAccount
 from ledger.postgres_history import PostgresHistory
+from ledger.postgres_lots import PostgresLots
 from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_postings import text_times as _text_times
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
@@ -81,7 +82,7 @@ def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFail
 MIGRATION_LOCK_ID = 0x6D77_6D69
 
 
-class PostgresBook(PostgresOwners, PostgresHistory):
+class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

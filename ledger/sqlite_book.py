@@ -36,6 +36,7 @@ from ledger.cap_settle import settled_cap_spend, with_caps
 from ledger.errors import AccountExists, LedgerFailure, LedgerUnavailable, UnknownAccount
 from ledger.rows import key_record, settled_usage, transfer_record
 from ledger.sqlite_history import SqliteHistory
+from ledger.sqlite_lots import SqliteLots
 from ledger.sqlite_owners import SqliteOwners, add_to_caps
 from ledger.totals import TOTALS_SQL
 
@@ -66,7 +67,7 @@ def classify(exc: sqlite3.Error) -> LedgerUnavailable | LedgerFailure:
     return LedgerFailure(f"SQLite refused the operation ({getattr(exc, 'sqlite_errorname', type(exc).__name__)}): {exc}")
 
 
-class SqliteBook(SqliteOwners, SqliteHistory):
+class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots):
     def __init__(self, path: str) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-sqlite")

@@ -1,0 +1,31 @@
+-- Credit validity (issue 9): lots of credit that expire, consumed lazily (ledger/lots.py).
+-- Nothing here touches mw_transfers or settlement: a reconcile reads a wallet's
+-- transfers after the fact and keeps its answer in these two tables.
+
+-- Per wallet with lots: where its last reconcile left off.
+CREATE TABLE mw_lot_wallets (
+    wallet_id         text PRIMARY KEY REFERENCES mw_accounts (id),
+    balance_nusd      bigint NOT NULL CHECK (balance_nusd >= 0),
+    version           bigint NOT NULL CHECK (version >= 0),
+    tail_start        timestamptz NOT NULL,
+    tail_count        bigint NOT NULL CHECK (tail_count >= 0),
+    tail_debits_nusd  bigint NOT NULL CHECK (tail_debits_nusd >= 0),
+    cum_debits_nusd   bigint NOT NULL CHECK (cum_debits_nusd >= 0),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- One lot per credit with an expiry; expiry:<id> is its expiry posting.
+CREATE TABLE mw_credit_lots (
+    id              text PRIMARY KEY,
+    wallet_id       text NOT NULL REFERENCES mw_lot_wallets (wallet_id),
+    amount_nusd     bigint NOT NULL CHECK (amount_nusd > 0),
+    remaining_nusd  bigint NOT NULL CHECK (remaining_nusd >= 0 AND remaining_nusd <= amount_nusd),
+    expires_at      timestamptz NOT NULL,
+    opened_at       timestamptz NOT NULL DEFAULT now(),
+    expired_nusd    bigint CHECK (expired_nusd IS NULL OR expired_nusd >= 0),
+    closed_at       timestamptz,
+    CHECK (closed_at IS NULL OR remaining_nusd = 0)
+);
+-- The sweep finds due lots, the overview a wallet's open ones; closed lots leave both indexes.
+CREATE INDEX mw_credit_lots_due ON mw_credit_lots (expires_at) WHERE closed_at IS NULL;
+CREATE INDEX mw_credit_lots_wallet ON mw_credit_lots (wallet_id, expires_at) WHERE closed_at IS NULL;
