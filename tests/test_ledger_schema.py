@@ -140,8 +140,10 @@ SEED_SQL += [USAGE_ROW.format(rid="r1", cost=300, charged=300, short=0),
 
 async def _migrate_and_check(book) -> None:
     """Migrate a 0001 book holding money to the latest, then check that nothing of it changed."""
-    assert await book.pending_migrations() == [2, 3]
-    assert await book.migrate() == [2, 3]
+    later = [version for version, _ in migration_files("sqlite")][1:]  # every migration after 0001, as files list them
+    assert later[:2] == [2, 3] and [v for v, _ in migration_files("postgres")][1:] == later
+    assert await book.pending_migrations() == later
+    assert await book.migrate() == later
     wallet = await book.wallet("w")
     assert wallet is not None and (wallet.balance_nusd, wallet.version) == (0, 3)
     totals = await book.totals()
