@@ -192,4 +192,5 @@ class CreditLots(Protocol):
         """Write the crediting posting and open a lot of its net credit to the wallet, in one transaction."""
     async def lots(self, wallet_id: str) -> list[Lot]: ...  # reconciled as of now (read only), soonest first
     async def next_expiry(self, wallet_id: str) -> NextExpiry | None: ...  # reconciled as of now (read only)
+    async def reconcile_lots(self, wallet_id: str) -> list[Lot]: ...  # the same, kept: later reads scan less
     async def expire_lots(self, now: datetime, batch_max: int = EXPIRE_BATCH_MAX) -> list[ExpiredLot]: ...

@@ -28,11 +28,11 @@ T = TypeVar("T")
 # Debits that count as spending: everything leaving the wallet but its own expiry postings.
 _SPENT = "NOT (kind = 'expiry' AND posting_id LIKE 'expiry:%')"
 _TAIL = (
-    "SELECT COUNT(*) FILTER (WHERE created_at >= $2), COALESCE(SUM(spent) FILTER (WHERE created_at >= $2), 0)::bigint,"
-    " COUNT(*) FILTER (WHERE created_at >= $3), COALESCE(SUM(spent) FILTER (WHERE created_at >= $3), 0)::bigint FROM ("
+    "SELECT COUNT(*) FILTER (WHERE created_at >= $2::timestamptz), COALESCE(SUM(spent) FILTER (WHERE created_at >= $2::timestamptz), 0)::bigint,"
+    " COUNT(*) FILTER (WHERE created_at >= $3::timestamptz), COALESCE(SUM(spent) FILTER (WHERE created_at >= $3::timestamptz), 0)::bigint FROM ("
     f" SELECT created_at, CASE WHEN {_SPENT} THEN amount_nusd ELSE 0 END AS spent FROM mw_transfers"
-    "  WHERE debit_account = $1 AND created_at >= LEAST($2, $3)"
-    " UNION ALL SELECT created_at, 0 FROM mw_transfers WHERE credit_account = $1 AND created_at >= LEAST($2, $3)) t"
+    "  WHERE debit_account = $1 AND created_at >= LEAST($2::timestamptz, $3::timestamptz)"
+    " UNION ALL SELECT created_at, 0 FROM mw_transfers WHERE credit_account = $1 AND created_at >= LEAST($2::timestamptz, $3::timestamptz)) t"
 )
 _CHECKPOINT_WRITE = (
     "INSERT INTO mw_lot_wallets (wallet_id, balance_nusd, version, tail_start, tail_count, tail_debits_nusd,"
@@ -57,14 +57,15 @@ class PostgresLots:
             try:
                 async with conn.transaction():
                     outcome = await postings.write_posting(conn, posting.posting_id, transfers)
-                    opened = await open_lot(conn, wallet_id, lot_id, amount, expires_at)
+                    opened: TransferOutcome | None = await open_lot(conn, wallet_id, lot_id, amount, expires_at)
+                    _check_lot_with_credit(outcome, opened, posting, lot_id)  # inside: a refusal rolls back
             except asyncpg.UniqueViolationError:
                 # A concurrent twin committed first: answer as a retry would.
                 check_posting_replay(posting.posting_id, transfers,
                                      await postings.stored_posting(conn, posting.posting_id, [t.transfer_id for t in transfers]))
-                return await open_lot(conn, wallet_id, lot_id, amount, expires_at)
-            if outcome is TransferOutcome.EXISTS and opened is TransferOutcome.CREATED:
-                raise LotConflict(f"posting {posting.posting_id!r} was credited before, without lot {lot_id!r}")
+                outcome, opened = TransferOutcome.EXISTS, await _same_lot(conn, wallet_id, lot_id, amount, expires_at)
+                _check_lot_with_credit(outcome, opened, posting, lot_id)
+            assert opened is not None
             return opened
 
         return await self._with(write)
@@ -80,6 +81,19 @@ class PostgresLots:
 
     async def next_expiry(self, wallet_id: str) -> NextExpiry | None:
         return rules.next_expiry(await self.lots(wallet_id))
+
+    async def reconcile_lots(self, wallet_id: str) -> list[Lot]:
+        """Move the wallet's checkpoint to now (what lots() computes, kept), so later reads scan less."""
+        async def run(conn: asyncpg.Connection) -> list[Lot]:
+            async with conn.transaction():
+                await _lock_accounts(conn, [wallet_id])
+                if await conn.fetchval("SELECT 1 FROM mw_lot_wallets WHERE wallet_id = $1", wallet_id) is None:
+                    return []  # never had a lot: nothing to keep
+                checkpoint, lots = await _reconciled(conn, wallet_id)
+                await _save(conn, checkpoint, lots)
+                return lots
+
+        return await self._with(run)
 
     async def expire_lots(self, now: datetime, batch_max: int = rules.EXPIRE_BATCH_MAX) -> list[ExpiredLot]:
         assert 1 <= batch_max <= rules.EXPIRE_BATCH_MAX, batch_max
@@ -112,11 +126,7 @@ async def open_lot(conn: asyncpg.Connection, wallet_id: str, lot_id: str, amount
     the wallet's row (the crediting posting already holds it).
     """
     rules.validate_lot(lot_id, amount_nusd)
-    expires = parse_utc(utc_text(expires_at))  # milliseconds, as SQLite keeps it
-    row = await conn.fetchrow("SELECT wallet_id, amount_nusd, expires_at FROM mw_credit_lots WHERE id = $1", lot_id)
-    if row is not None:
-        if (row["wallet_id"], row["amount_nusd"], row["expires_at"]) != (wallet_id, amount_nusd, expires):
-            raise LotConflict(f"lot {lot_id!r} exists with different content")
+    if await _same_lot(conn, wallet_id, lot_id, amount_nusd, expires_at) is TransferOutcome.EXISTS:
         return TransferOutcome.EXISTS
     await _lock_accounts(conn, [wallet_id])
     checkpoint, lots = await _reconciled(conn, wallet_id)
@@ -124,8 +134,28 @@ async def open_lot(conn: asyncpg.Connection, wallet_id: str, lot_id: str, amount
         raise LotConflict(f"wallet {wallet_id!r} has less non-expiring money than lot {lot_id!r}: open it after its credit")
     await _save(conn, checkpoint, lots)
     await conn.execute("INSERT INTO mw_credit_lots (id, wallet_id, amount_nusd, remaining_nusd, expires_at)"
-                       " VALUES ($1, $2, $3, $3, $4)", lot_id, wallet_id, amount_nusd, expires)
+                       " VALUES ($1, $2, $3, $3, $4)", lot_id, wallet_id, amount_nusd, _ms(expires_at))
     return TransferOutcome.CREATED
+
+
+def _check_lot_with_credit(credit: TransferOutcome, lot: TransferOutcome | None, posting: Posting, lot_id: str) -> None:
+    if credit is TransferOutcome.EXISTS and lot is not TransferOutcome.EXISTS:
+        raise LotConflict(f"posting {posting.posting_id!r} was credited before, without lot {lot_id!r}")
+
+
+async def _same_lot(conn: asyncpg.Connection, wallet_id: str, lot_id: str, amount_nusd: int,
+                    expires_at: datetime) -> TransferOutcome | None:
+    """EXISTS if this very lot is open already, None if no lot has the id, LotConflict if another one has."""
+    row = await conn.fetchrow("SELECT wallet_id, amount_nusd, expires_at FROM mw_credit_lots WHERE id = $1", lot_id)
+    if row is None:
+        return None
+    if (row["wallet_id"], row["amount_nusd"], row["expires_at"]) != (wallet_id, amount_nusd, _ms(expires_at)):
+        raise LotConflict(f"lot {lot_id!r} exists with different content")
+    return TransferOutcome.EXISTS
+
+
+def _ms(value: datetime) -> datetime:
+    return parse_utc(utc_text(value))  # milliseconds, as SQLite keeps it
 
 
 async def _expire_wallet(conn: asyncpg.Connection, wallet_id: str, lot_ids: frozenset[str], now: datetime) -> list[ExpiredLot]:

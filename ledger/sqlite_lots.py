@@ -68,6 +68,17 @@ class SqliteLots:
     async def next_expiry(self, wallet_id: str) -> NextExpiry | None:
         return rules.next_expiry(await self.lots(wallet_id))
 
+    async def reconcile_lots(self, wallet_id: str) -> list[Lot]:
+        """Move the wallet's checkpoint to now (what lots() computes, kept), so later reads scan less."""
+        def run(conn: sqlite3.Connection) -> list[Lot]:
+            if conn.execute("SELECT 1 FROM mw_lot_wallets WHERE wallet_id = ?", (wallet_id,)).fetchone() is None:
+                return []  # never had a lot: nothing to keep
+            checkpoint, lots = _reconciled(conn, wallet_id)
+            _save(conn, checkpoint, lots)
+            return lots
+
+        return await self._run(lambda conn: postings.atomic(conn, run))
+
     async def expire_lots(self, now: datetime, batch_max: int = rules.EXPIRE_BATCH_MAX) -> list[ExpiredLot]:
         assert 1 <= batch_max <= rules.EXPIRE_BATCH_MAX, batch_max
         due_at = utc_text(now)
