@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from config.payments import StripeSettings, TopupSettings
 from config.pricing import ModelPrice
 from ledger.money import MoneyFormatError, parse_usd
 
@@ -285,6 +286,8 @@ class Settings(BaseSettings):
     models: dict[str, ModelConfig] = {}
     limits: Limits = Limits()
     wallet: WalletSettings = WalletSettings()
+    stripe: StripeSettings = StripeSettings()  # card top-ups (config/payments.py)
+    topup: TopupSettings = TopupSettings()
 
     @classmethod
     def settings_customise_sources(

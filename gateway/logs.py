@@ -39,6 +39,8 @@ _PATTERNS = (
     re.compile(r"(\bmwm?-)[A-Za-z0-9_-]{4,}"),  # inference (mw-) and management (mwm-) keys
     re.compile(r"(/api/invites/)[A-Za-z0-9_-]{8,}"),  # an invitation link works once, for whoever has it
     re.compile(r"(\bsk-)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(\b(?:sk|rk)_(?:live|test)_)[A-Za-z0-9]{8,}"),  # Stripe secret and restricted keys
+    re.compile(r"(\bwhsec_)[A-Za-z0-9]{8,}"),  # Stripe webhook secrets
 )
 SERVER_LOGGER = "aiohttp.server"
 
@@ -92,6 +94,7 @@ def secrets_of(settings: Settings) -> list[str]:
     """Every secret value this configuration holds."""
     found = [token.get_secret_value() for token in (settings.admin_token, settings.metrics_token) if token]
     found += [key for provider in settings.providers.values() if (key := provider.resolve_api_key())]
+    found += settings.stripe.secrets()  # Stripe's secret key and webhook secret
     for url in (settings.database_url, settings.redis_url):
         if url and (password := urlsplit(url).password):
             found.append(password)

@@ -31,7 +31,8 @@ from ledger.money import AMOUNT_NUSD_MAX
 REVENUE_ACCOUNT = "sys:revenue"
 FUNDING_ACCOUNT = "sys:funding"
 SHORTFALL_ACCOUNT = "sys:shortfall"
-SYSTEM_ACCOUNTS = (REVENUE_ACCOUNT, FUNDING_ACCOUNT, SHORTFALL_ACCOUNT)
+DISCOUNTS_ACCOUNT = "sys:discounts"  # pays top-up discounts (migration 0004, ledger/payments.py)
+SYSTEM_ACCOUNTS = (REVENUE_ACCOUNT, FUNDING_ACCOUNT, SHORTFALL_ACCOUNT, DISCOUNTS_ACCOUNT)
 WALLET_KIND = "wallet"  # an account kind (mw_account_kinds): may not go negative
 RECEIVABLE_KIND = "receivable"  # what a wallet owes after a reversal it could not pay
 RECEIVABLE_PREFIX = "recv:"  # recv:<wallet id>; ':' is not allowed in a wallet id, so no clash
@@ -49,6 +50,9 @@ class TransferKind(str, enum.Enum):
     PAYMENT = "payment"  # a wallet pays others (a creator, a platform fee): a multi-leg posting
     REVERSAL = "reversal"  # money taken back (refund, chargeback, reorg, clawback); the rest is owed
     REFUND = "refund"  # money returned TO a wallet, e.g. a failed request's charge (migration 0003)
+    DISCOUNT = "discount"  # the part of a discounted top-up nobody paid: sys:discounts -> wallet (migration 0003)
+    CARD_REFUND = "card_refund"  # a card payment refunded: its credit taken back out (migration 0004)
+    CHARGEBACK = "chargeback"  # a card payment disputed: its credit taken back out (migration 0004)
     EXPIRY = "expiry"  # prepaid credit that expired unused: wallet -> sys:funding (ledger/lots.py, migration 0003)
 
 

@@ -37,6 +37,9 @@ def deposit(row: Mapping[str, Any]) -> Deposit:
         amount_credited_nusd=row["amount_credited_nusd"], paid_amount=row["paid_amount"],
         paid_currency=row["paid_currency"], status=DepositStatus(row["status"]), created_at=_time(row["created_at"]),
         completed_at=utc_text_or_none(row["completed_at"]), external_ref=row["external_ref"],
+        discount_nusd=row["discount_nusd"], payment_ref=row["payment_ref"], customer_ref=row["customer_ref"],
+        tier=row["tier"], purpose=row["purpose"], paid_cents=row["paid_cents"],
+        credit_expires_at=utc_text_or_none(row["credit_expires_at"]),
     )
 
 

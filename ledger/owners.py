@@ -23,7 +23,6 @@ import enum
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from ledger.book import TransferOutcome
 from ledger.caps import CapBalance
 from ledger.errors import LedgerError
 
@@ -126,6 +125,16 @@ class Deposit:
     created_at: str
     completed_at: str | None = None
     external_ref: str | None = None  # the rail's id: a Checkout Session, a transaction hash
+    discount_nusd: int = 0  # the part of amount_credited_nusd that sys:discounts pays (ledger/payments.py)
+    payment_ref: str | None = None  # the payment's id: a PaymentIntent
+    customer_ref: str | None = None  # the payer at the rail: a Stripe customer
+    tier: str | None = None  # the top-up tier it was bought at
+    purpose: str = "topup"  # "topup", "auto_reload" or "keyless"
+    paid_cents: int | None = None  # what the card paid, in cents (take-backs are proportional to it)
+    credit_expires_at: str | None = None  # credit validity: its credit is a lot that expires then (ledger/lots.py)
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.discount_nusd < self.amount_credited_nusd, self
 
 
 def deposit_posting_id(deposit_id: str) -> str:
@@ -167,12 +176,6 @@ class Owners(Protocol):
     async def create_invite(self, invite_id: str, member_id: str, token_hash: str, expires_at: str) -> None: ...
     async def invite(self, token_hash: str) -> tuple[Member, str] | None: ...  # an open one: (member, expires_at)
     async def accept_invite(self, token_hash: str, key: ManagementKeyRecord) -> Member: ...  # InviteInvalid
-    # deposits (rail-agnostic)
-    async def create_deposit(self, deposit: Deposit) -> None: ...
-    async def deposit(self, deposit_id: str) -> Deposit | None: ...
-    async def list_deposits(self, wallet_id: str, limit: int, cursor: str | None) -> Page[Deposit]: ...
-    async def complete_deposit(self, deposit_id: str) -> TransferOutcome: ...  # credits once, marks completed
-    async def set_deposit_status(self, deposit_id: str, status: DepositStatus) -> Deposit: ...
     # spend caps (ledger/caps.py)
     async def open_member_cap(self, member_id: str, period: str) -> CapBalance | None: ...  # None: no limit
     async def spend_cap(self, cap_id: str) -> CapBalance | None: ...

@@ -39,6 +39,7 @@ from ledger.errors import AccountExists, LedgerError, LedgerFailure, LedgerUnava
 from ledger.postgres_history import PostgresHistory
 from ledger.postgres_lots import PostgresLots
 from ledger.postgres_owners import PostgresOwners, add_to_caps
+from ledger.postgres_payments import PostgresPayments
 from ledger.postgres_postings import text_times as _text_times
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
 from ledger.rows import key_record, settled_usage, transfer_record
@@ -82,7 +83,7 @@ def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFail
 MIGRATION_LOCK_ID = 0x6D77_6D69
 
 
-class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots):
+class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

@@ -8,19 +8,14 @@ processes deciding at once are serialised by the database, not by luck.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
 from ledger import owner_rows as rows
-from ledger import postgres_postings as postings
-from ledger.book import FUNDING_ACCOUNT, Leg, Posting, TransferKind, TransferOutcome
 from ledger.caps import CapBalance, member_cap_id, next_period_start, period_start
 from ledger.errors import UnknownAccount
 from ledger.owners import (
-    Deposit,
-    DepositNotPending,
-    DepositStatus,
     InviteInvalid,
     LastOwner,
     ManagementIdentity,
@@ -29,9 +24,7 @@ from ledger.owners import (
     MemberStatus,
     Org,
     OrgExists,
-    Page,
     Role,
-    deposit_posting_id,
 )
 from ledger.times import parse_utc
 
@@ -197,69 +190,6 @@ class PostgresOwners:
 
         return await self._atomic(accept)
 
-    # --- deposits --------------------------------------------------------
-
-    async def create_deposit(self, deposit: Deposit) -> None:
-        await self._with(lambda conn: conn.execute(
-            "INSERT INTO mw_deposits (id, wallet_id, method, amount_credited_nusd, paid_amount, paid_currency,"
-            " status, external_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            deposit.deposit_id, deposit.wallet_id, deposit.method, deposit.amount_credited_nusd,
-            deposit.paid_amount, deposit.paid_currency, deposit.status.value, deposit.external_ref))
-
-    async def deposit(self, deposit_id: str) -> Deposit | None:
-        async def read(conn: asyncpg.Connection) -> Deposit | None:
-            row = await conn.fetchrow("SELECT * FROM mw_deposits WHERE id = $1", deposit_id)
-            return None if row is None else rows.deposit(row)
-
-        return await self._with(read)
-
-    async def list_deposits(self, wallet_id: str, limit: int, cursor: str | None) -> Page[Deposit]:
-        async def read(conn: asyncpg.Connection) -> Page[Deposit]:
-            args: list[Any] = [wallet_id, limit + 1]
-            where = "wallet_id = $1"
-            if cursor is not None:
-                created_at, deposit_id = rows.decode_cursor(cursor, 2)
-                where += " AND (created_at, id) < ($3::timestamptz, $4)"
-                args += [parse_utc(created_at), deposit_id]
-            found = await conn.fetch(
-                f"SELECT * FROM mw_deposits WHERE {where} ORDER BY created_at DESC, id DESC LIMIT $2", *args)
-            total = await conn.fetchval("SELECT COUNT(*) FROM mw_deposits WHERE wallet_id = $1", wallet_id)
-            last = found[limit - 1] if len(found) > limit else None
-            next_cursor = rows.encode_cursor(last["created_at"].isoformat(), last["id"]) if last else None
-            return Page(tuple(rows.deposit(row) for row in found[:limit]), total, next_cursor)
-
-        return await self._with(read)
-
-    async def complete_deposit(self, deposit_id: str) -> TransferOutcome:
-        async def complete(conn: asyncpg.Connection) -> TransferOutcome:
-            row = await conn.fetchrow("SELECT * FROM mw_deposits WHERE id = $1 FOR UPDATE", deposit_id)
-            if row is None:
-                raise UnknownAccount(f"no deposit {deposit_id!r}")
-            found = rows.deposit(row)
-            if found.status is DepositStatus.COMPLETED:
-                return TransferOutcome.EXISTS
-            if found.status is not DepositStatus.PENDING:
-                raise DepositNotPending(f"deposit {deposit_id!r} is {found.status.value}, not pending")
-            posting = _deposit_posting(found)
-            outcome = await postings.write_posting(conn, posting.posting_id, posting.transfers())
-            await conn.execute("UPDATE mw_deposits SET status = 'completed', completed_at = now() WHERE id = $1",
-                               deposit_id)
-            return outcome
-
-        return await self._atomic(complete)
-
-    async def set_deposit_status(self, deposit_id: str, status: DepositStatus) -> Deposit:
-        assert status is not DepositStatus.COMPLETED, "complete_deposit() credits and completes"
-
-        async def update(conn: asyncpg.Connection) -> Deposit:
-            row = await conn.fetchrow("UPDATE mw_deposits SET status = $2 WHERE id = $1 RETURNING *", deposit_id,
-                                      status.value)
-            if row is None:
-                raise UnknownAccount(f"no deposit {deposit_id!r}")
-            return rows.deposit(row)
-
-        return await self._with(update)
-
     # --- spend caps ------------------------------------------------------
 
     async def open_member_cap(self, member_id: str, period: str) -> CapBalance | None:
@@ -293,12 +223,6 @@ async def add_to_caps(conn: asyncpg.Connection, spend: dict[str, int]) -> dict[s
         " FROM unnest($1::text[], $2::bigint[]) AS d (id, amount) WHERE c.id = d.id RETURNING c.*",
         list(spend), list(spend.values()))
     return {row["id"]: rows.cap(row) for row in found}
-
-
-def _deposit_posting(deposit: Deposit) -> Posting:
-    leg = Leg(FUNDING_ACCOUNT, deposit.wallet_id, deposit.amount_credited_nusd)
-    return Posting(deposit_posting_id(deposit.deposit_id), TransferKind.DEPOSIT, (leg,),
-                   memo=f"deposit {deposit.deposit_id} ({deposit.method})")
 
 
 async def _insert_member(conn: asyncpg.Connection, member: Member, status: MemberStatus) -> None:

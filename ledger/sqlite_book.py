@@ -38,6 +38,7 @@ from ledger.rows import key_record, settled_usage, transfer_record
 from ledger.sqlite_history import SqliteHistory
 from ledger.sqlite_lots import SqliteLots
 from ledger.sqlite_owners import SqliteOwners, add_to_caps
+from ledger.sqlite_payments import SqlitePayments
 from ledger.totals import TOTALS_SQL
 
 T = TypeVar("T")
@@ -67,7 +68,7 @@ def classify(exc: sqlite3.Error) -> LedgerUnavailable | LedgerFailure:
     return LedgerFailure(f"SQLite refused the operation ({getattr(exc, 'sqlite_errorname', type(exc).__name__)}): {exc}")
 
 
-class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots):
+class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments):
     def __init__(self, path: str) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-sqlite")

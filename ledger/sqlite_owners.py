@@ -10,17 +10,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ledger import owner_rows as rows
 from ledger import sqlite_postings as postings
-from ledger.book import FUNDING_ACCOUNT, Leg, Posting, TransferKind, TransferOutcome
 from ledger.caps import CapBalance, member_cap_id, next_period_start, period_start
 from ledger.errors import UnknownAccount
 from ledger.owners import (
-    Deposit,
-    DepositNotPending,
-    DepositStatus,
     InviteInvalid,
     LastOwner,
     ManagementIdentity,
@@ -29,9 +25,7 @@ from ledger.owners import (
     MemberStatus,
     Org,
     OrgExists,
-    Page,
     Role,
-    deposit_posting_id,
 )
 from ledger.times import parse_utc, utc_text
 
@@ -190,71 +184,6 @@ class SqliteOwners:
 
         return await self._atomic(accept)
 
-    # --- deposits --------------------------------------------------------
-
-    async def create_deposit(self, deposit: Deposit) -> None:
-        def create(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO mw_deposits (id, wallet_id, method, amount_credited_nusd, paid_amount, paid_currency,"
-                " status, external_ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (deposit.deposit_id, deposit.wallet_id, deposit.method, deposit.amount_credited_nusd,
-                 deposit.paid_amount, deposit.paid_currency, deposit.status.value, deposit.external_ref))
-
-        await self._atomic(create)
-
-    async def deposit(self, deposit_id: str) -> Deposit | None:
-        def read(conn: sqlite3.Connection) -> Deposit | None:
-            row = conn.execute("SELECT * FROM mw_deposits WHERE id = ?", (deposit_id,)).fetchone()
-            return None if row is None else rows.deposit(row)
-
-        return await self._run(read)
-
-    async def list_deposits(self, wallet_id: str, limit: int, cursor: str | None) -> Page[Deposit]:
-        def read(conn: sqlite3.Connection) -> Page[Deposit]:
-            after: tuple[Any, ...] = ()
-            where = "wallet_id = ?"
-            if cursor is not None:
-                created_at, deposit_id = rows.decode_cursor(cursor, 2)
-                where += " AND (created_at, id) < (?, ?)"
-                after = (created_at, deposit_id)
-            found = conn.execute(f"SELECT * FROM mw_deposits WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
-                                 (wallet_id, *after, limit + 1)).fetchall()
-            total = conn.execute("SELECT COUNT(*) FROM mw_deposits WHERE wallet_id = ?", (wallet_id,)).fetchone()[0]
-            items = tuple(rows.deposit(row) for row in found[:limit])
-            more = len(found) > limit
-            last = found[limit - 1] if more else None
-            return Page(items, total, rows.encode_cursor(last["created_at"], last["id"]) if last else None)
-
-        return await self._run(read)
-
-    async def complete_deposit(self, deposit_id: str) -> TransferOutcome:
-        def complete(conn: sqlite3.Connection) -> TransferOutcome:
-            row = conn.execute("SELECT * FROM mw_deposits WHERE id = ?", (deposit_id,)).fetchone()
-            if row is None:
-                raise UnknownAccount(f"no deposit {deposit_id!r}")
-            found = rows.deposit(row)
-            if found.status is DepositStatus.COMPLETED:
-                return TransferOutcome.EXISTS
-            if found.status is not DepositStatus.PENDING:
-                raise DepositNotPending(f"deposit {deposit_id!r} is {found.status.value}, not pending")
-            outcome = postings.post(conn, _deposit_posting(found))
-            conn.execute(f"UPDATE mw_deposits SET status = 'completed', completed_at = {NOW} WHERE id = ?", (deposit_id,))
-            return outcome
-
-        return await self._atomic(complete)
-
-    async def set_deposit_status(self, deposit_id: str, status: DepositStatus) -> Deposit:
-        assert status is not DepositStatus.COMPLETED, "complete_deposit() credits and completes"
-
-        def update(conn: sqlite3.Connection) -> Deposit:
-            conn.execute("UPDATE mw_deposits SET status = ? WHERE id = ?", (status.value, deposit_id))
-            row = conn.execute("SELECT * FROM mw_deposits WHERE id = ?", (deposit_id,)).fetchone()
-            if row is None:
-                raise UnknownAccount(f"no deposit {deposit_id!r}")
-            return rows.deposit(row)
-
-        return await self._atomic(update)
-
     # --- spend caps ------------------------------------------------------
 
     async def open_member_cap(self, member_id: str, period: str) -> CapBalance | None:
@@ -290,12 +219,6 @@ def add_to_caps(conn: sqlite3.Connection, spend: dict[str, int]) -> dict[str, Ca
         if cap is not None:
             found[cap_id] = cap
     return found
-
-
-def _deposit_posting(deposit: Deposit) -> Posting:
-    leg = Leg(FUNDING_ACCOUNT, deposit.wallet_id, deposit.amount_credited_nusd)
-    return Posting(deposit_posting_id(deposit.deposit_id), TransferKind.DEPOSIT, (leg,),
-                   memo=f"deposit {deposit.deposit_id} ({deposit.method})")
 
 
 def _insert_member(conn: sqlite3.Connection, member: Member, status: MemberStatus) -> None:

@@ -1,5 +1,6 @@
 """Everything one database holds, as one protocol: the book (money and keys), who owns
-each wallet (ledger/owners.py) and what an owner reads (ledger/history.py).
+each wallet (ledger/owners.py), what an owner reads (ledger/history.py), money paid in
+(ledger/payments.py) and credit that expires (ledger/lots.py).
 
 PostgresBook and SqliteBook implement all three; the gateway's state holds one.
 Kept apart from book.py so owners.py and history.py can import the book's values
@@ -12,8 +13,10 @@ from typing import Protocol
 
 from ledger.book import Book
 from ledger.history import History
+from ledger.lots import CreditLots
 from ledger.owners import Owners
+from ledger.payments import Payments
 
 
-class LedgerStore(Book, Owners, History, Protocol):
-    """The book, its owners and their history, in one database."""
+class LedgerStore(Book, Owners, History, Payments, CreditLots, Protocol):
+    """The book, its owners and their history, card payments and credit lots, in one database."""

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway import errors
-from gateway.http import admin, api, models, readiness
+from gateway.http import admin, api, api_deposits, models, readiness, webhooks
 from gateway.http.auth import KeyCache, bearer_matches
 from gateway.http.proxy import ENDPOINTS, Proxy, new_request_id
 from gateway.http.responses import error_response, response_started
@@ -24,6 +24,7 @@ from gateway.money.replay import replay_at_start
 from gateway.money.settlement import settler_for
 from gateway.money.stores import Stores, open_stores
 from gateway.money.sweeper import sweep_forever
+from gateway.money.topups import open_payments
 from gateway.upstream import Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,6 +45,8 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readiness.readyz)
     api.add_routes(app, settings.wallet)  # the wallet API for owners (management keys)
+    api_deposits.add_routes(app)  # card top-ups: 404 payments_disabled unless [stripe] is enabled
+    webhooks.add_routes(app)
     if settings.admin_token is not None:
         admin.add_routes(app)  # no admin token: /admin/* does not exist (404), rather than a door to guess at
     return app
@@ -63,9 +66,13 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
             None, tokens.warm_up, {r.encoding.name for r in routes.values()})
         keys = KeyCache(stores.book, limits.key_cache_ttl_s, limits.key_cache_entries_max)
         billing = Billing(stores.book, stores.holds, settler, limits.hold_ttl_s, limits.wallet_refresh_interval_s)
+        payments = open_payments(settings, stores.book, stores.holds)
+        if payments is not None:
+            settler.observers.append(payments.reloader.observe)
         app[STATE] = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
             metrics=metrics, routes=routes, proxy=proxy.attach(keys, routes, billing, upstream, metrics),
+            payments=payments,
         )
         settler.start()
         sweeper = asyncio.create_task(sweep_forever(
@@ -79,6 +86,8 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
             heartbeat.cancel()
             await asyncio.gather(sweeper, heartbeat, return_exceptions=True)
             await settler.close()
+            if payments is not None:
+                await payments.close()
             await upstream.close()
             if given is None:
                 await stores.close()

@@ -16,6 +16,7 @@ from gateway.http.proxy import Proxy
 from gateway.metrics import Metrics
 from gateway.money.calls import Route
 from gateway.money.settlement import Settler
+from gateway.money.topups import Payments
 from gateway.upstream import Upstream
 from ledger.holds import HoldStore
 from ledger.store import LedgerStore
@@ -32,6 +33,7 @@ class GatewayState:
     metrics: Metrics
     routes: dict[str, Route]
     proxy: Proxy
+    payments: Payments | None = None  # card top-ups, when [stripe] is enabled
 
 
 STATE = web.AppKey("meterway_state", GatewayState)

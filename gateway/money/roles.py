@@ -27,6 +27,7 @@ class Permission(str, enum.Enum):
     READ_SELF = "read_self"  # its own member record
     MANAGE_MEMBERS = "manage_members"  # invite, change roles and limits, remove
     MANAGE_OWN_MANAGEMENT_KEYS = "manage_own_management_keys"
+    TOP_UP = "top_up"  # buy credit by card, set auto-reload (owners only: it spends the card)
 
 
 _READS = frozenset({Permission.READ_WALLET, Permission.READ_ALL_USAGE, Permission.READ_OWN_USAGE,

@@ -1,11 +1,10 @@
 """Group commit: many requests' settlements in one database transaction.
 
-Each request hands its usage record to the Settler and waits. One task drains
-whatever has queued while the previous commit was in flight, up to
-limits.settle_batch_max, and commits it as one batch: at light load a batch is
-one request and costs one commit; under load the commit cost is shared. Only
-after the commit are the batch's holds released and the waiters woken, so a
-cost that a client sees is always a cost already in the book.
+Each request hands its usage record to the Settler and waits. One task drains what
+has queued while the previous commit was in flight, up to limits.settle_batch_max,
+and commits it as one batch: at light load one request per commit, under load the
+commit is shared. Only after the commit are the batch's holds released and the
+waiters woken (then the observers told), so a cost a client sees is in the book.
 
 Once enqueued, a record is never dropped. It ends in exactly one of:
 - committed (the waiter, if still waiting, gets the SettleResult);
@@ -30,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from config.settings import Settings
@@ -93,8 +93,7 @@ class SettlerHealth:
 
 
 def _retrieve(future: asyncio.Future[SettleResult]) -> None:
-    # A waiter past its deadline no longer reads its future; reading the
-    # exception here keeps asyncio from logging it as never retrieved.
+    # A waiter past its deadline no longer reads it: keeps asyncio from logging "never retrieved".
     if not future.cancelled():
         future.exception()
 
@@ -121,6 +120,8 @@ class Settler:
         self._closed = False
         self.batches_committed = 0
         self.restarts = 0
+        # Called after each commit, synchronous and cheap (auto-reload's threshold check).
+        self.observers: list[Callable[[Sequence[UsageRecord], Sequence[SettleResult]], None]] = []
 
     # --- the callers' side ----------------------------------------------------
 
@@ -360,6 +361,12 @@ class Settler:
                     pending.future.set_result(result)
             self.batches_committed += 1
             self._finished(len(batch))
+            records = [p.record for p in batch] if self.observers else []
+            for observe in self.observers:
+                try:
+                    observe(records, results)
+                except Exception:  # an observer's bug must not touch settlement
+                    log.exception("a settlement observer failed")
 
     def _finished(self, count: int) -> None:
         self._unfinished -= count

@@ -1,0 +1,51 @@
+-- Card top-ups (issue 9): the money card payments move, the
+-- Stripe events already applied, auto-reload and the owner's notifications.
+
+INSERT INTO mw_transfer_kinds (kind, description) VALUES
+    ('card_refund', 'a card payment refunded by the card network: its credit taken back out'),
+    ('chargeback', 'a card payment disputed by the cardholder: its credit taken back out');
+
+-- Discounts are paid by their own account, so a discounted top-up is two
+-- balanced postings: the paid part from sys:funding, the discount from here.
+INSERT INTO mw_accounts (id, kind, name, allow_negative) VALUES
+    ('sys:discounts', 'funding', 'top-up discounts given (the part of a credit nobody paid)', true);
+
+ALTER TABLE mw_deposits ADD COLUMN discount_nusd bigint NOT NULL DEFAULT 0 CHECK (discount_nusd >= 0);
+ALTER TABLE mw_deposits ADD COLUMN payment_ref text;
+ALTER TABLE mw_deposits ADD COLUMN customer_ref text;
+ALTER TABLE mw_deposits ADD COLUMN tier text;
+ALTER TABLE mw_deposits ADD COLUMN purpose text NOT NULL DEFAULT 'topup'
+    CHECK (purpose IN ('topup', 'auto_reload', 'keyless'));
+ALTER TABLE mw_deposits ADD COLUMN paid_cents bigint CHECK (paid_cents IS NULL OR paid_cents >= 0);
+ALTER TABLE mw_deposits ADD COLUMN credit_expires_at timestamptz;
+CREATE UNIQUE INDEX mw_deposits_payment_ref ON mw_deposits (payment_ref);
+
+-- Stripe events whose effect is done; an effect is idempotent, so the row comes after it.
+CREATE TABLE mw_payment_events (
+    id            text PRIMARY KEY,
+    type          text NOT NULL,
+    processed_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per wallet that has ever set auto-reload; in_flight_deposit_id is the
+-- claim that lets one reload run at a time across every gateway process.
+CREATE TABLE mw_auto_reload (
+    wallet_id             text PRIMARY KEY REFERENCES mw_accounts (id),
+    enabled               boolean NOT NULL DEFAULT false,
+    threshold_nusd        bigint NOT NULL CHECK (threshold_nusd >= 0),
+    amount_nusd           bigint NOT NULL CHECK (amount_nusd > 0),
+    customer_ref          text,
+    payment_method_ref    text,
+    paused_reason         text,
+    in_flight_deposit_id  text REFERENCES mw_deposits (id),
+    updated_at            timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE mw_notifications (
+    id          text PRIMARY KEY,
+    wallet_id   text NOT NULL REFERENCES mw_accounts (id),
+    kind        text NOT NULL,
+    message     text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX mw_notifications_wallet ON mw_notifications (wallet_id, created_at);
