@@ -26,7 +26,7 @@ from ledger.money import format_usd
 from ledger.owners import Deposit, DepositStatus
 from ledger.payments import AutoReload
 from ledger.times import utc_text
-from payments.checkout import new_deposit_id
+from payments.checkout import credit_expiry, new_deposit_id
 from payments.stripe_api import CardDeclined, PaymentStarted, StripeFailure
 
 log = logging.getLogger("meterway.auto_reload")
@@ -67,6 +67,7 @@ class AutoReloader:
         # Credits a charge Stripe answered `succeeded` at once (deposit id, PaymentIntent id);
         # its webhook would credit it too, idempotently. None: wait for the webhook.
         self.on_succeeded: Callable[[str, str], Awaitable[object]] | None = None
+        self.validity_days: int | None = None  # topup.credit_validity_days
 
     def observe(self, records: Sequence[UsageRecord], results: Sequence[SettleResult]) -> None:
         """The Settler's hook after a commit: synchronous and cheap, it only starts tasks."""
@@ -113,8 +114,11 @@ class AutoReloader:
             return ReloadAttempt(wallet_id, None, "not_claimed")
         assert reload.customer_ref and reload.payment_method_ref, reload
         assert reload.amount_nusd % NUSD_PER_CENT == 0 and reload.amount_nusd > 0, reload
+        now = datetime.now(UTC)
         deposit = Deposit(new_deposit_id(), wallet_id, "card", reload.amount_nusd, format_usd(reload.amount_nusd),
-                          "usd", DepositStatus.PENDING, utc_text(datetime.now(UTC)), purpose="auto_reload")
+                          "usd", DepositStatus.PENDING, utc_text(now), purpose="auto_reload",
+                          paid_cents=reload.amount_nusd // NUSD_PER_CENT,
+                          credit_expires_at=credit_expiry(now, self.validity_days))
         if not await self._store.claim_auto_reload(wallet_id, deposit):
             return ReloadAttempt(wallet_id, None, "not_claimed")
         log.info("auto-reload of %s USD started for wallet %s (deposit %s)", format_usd(reload.amount_nusd),

@@ -49,6 +49,11 @@ class CheckoutApi(Protocol):
     async def create_checkout_session(self, request: CheckoutRequest) -> CheckoutSession: ...
 
 
+def credit_expiry(now: datetime, validity_days: int | None) -> str | None:
+    """When bought credit expires (topup.credit_validity_days), counted from the purchase; None: never."""
+    return None if validity_days is None else utc_text(now + timedelta(days=validity_days))
+
+
 def new_deposit_id() -> str:
     return f"dep_{secrets.token_hex(8)}"
 
@@ -85,7 +90,7 @@ class Checkout:
 
     async def start(self, wallet_id: str, quote: Quote, success_url: str, cancel_url: str, *,
                     save_card: bool = False, customer_ref: str | None = None, purpose: str = "topup",
-                    now: datetime | None = None) -> StartedCheckout | TopupRefused:
+                    validity_days: int | None = None, now: datetime | None = None) -> StartedCheckout | TopupRefused:
         for url, param in ((success_url, "success_url"), (cancel_url, "cancel_url")):
             refused = check_return_url(url, param, self._settings.allowed_origins)
             if refused is not None:
@@ -94,7 +99,8 @@ class Checkout:
         assert quote.payable_cents * NUSD_PER_CENT == quote.payable_nusd, quote
         deposit = Deposit(new_deposit_id(), wallet_id, "card", quote.amount_nusd, format_usd(quote.payable_nusd),
                           self._settings.currency, DepositStatus.PENDING, utc_text(now),
-                          discount_nusd=quote.discount_nusd, tier=quote.tier_id, purpose=purpose)
+                          discount_nusd=quote.discount_nusd, tier=quote.tier_id, purpose=purpose,
+                          paid_cents=quote.payable_cents, credit_expires_at=credit_expiry(now, validity_days))
         await self._store.create_deposit(deposit)
         expires = now + timedelta(seconds=self._settings.checkout_expires_s)
         request = CheckoutRequest(deposit.deposit_id, wallet_id, quote.payable_cents, format_usd(quote.amount_nusd),

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from ledger.book import Book
 from ledger.postgres_book import PostgresBook
 from ledger.sqlite_book import SqliteBook
+from tests.stripe_harness import fake_stripe  # noqa: F401 (the fixture)
 
 PG_ADMIN_DSN = os.environ.get("MW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("MW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

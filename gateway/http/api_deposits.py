@@ -77,7 +77,8 @@ async def start_deposit(request: web.Request, caller: Caller) -> web.Response:
     reload = await caller.owners.store.auto_reload(caller.wallet_id)
     save_card = body.save_card if body.save_card is not None else bool(reload and reload.enabled)
     started = await payments.checkout.start(caller.wallet_id, priced, body.success_url, body.cancel_url,
-                                            save_card=save_card, customer_ref=reload.customer_ref if reload else None)
+                                            save_card=save_card, customer_ref=reload.customer_ref if reload else None,
+                                            validity_days=settings.topup.credit_validity_days)
     if isinstance(started, TopupRefused):
         raise refused(started)
     return web.json_response(started_json(started, priced, caller), status=201)

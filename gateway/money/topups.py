@@ -73,4 +73,5 @@ def open_payments(settings: Settings, book: LedgerStore, holds: HoldStore) -> Pa
     reloader = AutoReloader(book, api, settings.topup.auto_reload_refresh_s, settings.topup.auto_reload_tasks_max)
     payments = Payments(api, Checkout(book, api, settings.stripe), Webhooks(book, api), reloader, book, holds)
     reloader.on_succeeded = payments.credit_now
+    reloader.validity_days = settings.topup.credit_validity_days
     return payments
