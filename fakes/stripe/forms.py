@@ -22,7 +22,8 @@ def decode(body: str) -> dict[str, Any]:
         head = key.split("[", 1)[0]
         path = [head, *_PART.findall(key[len(head):])]
         _put(out, path, value)
-    return _lists(out)
+    decoded: dict[str, Any] = _lists(out)
+    return decoded
 
 
 def _put(node: dict[str, Any], path: list[str], value: str) -> None:

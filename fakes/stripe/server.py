@@ -257,7 +257,7 @@ async def deliver(app: web.Application, event: dict[str, Any]) -> None:
                 async with app[HTTP].post(url, data=payload, headers={
                         "Content-Type": "application/json", "Stripe-Signature": sign(payload, secret)}) as answer:
                     status = answer.status
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 status = 0
             if 200 <= status < 300:
                 break
