@@ -114,6 +114,8 @@ class TopupSettings(_Frozen):
     auto_reload_refresh_s: float = Field(5.0, gt=0, le=300)  # how stale a process's view of reload settings may be
     auto_reload_tasks_max: int = Field(64, gt=0)  # reloads one process may run at once
     credit_validity_days: int | None = Field(None, ge=1, le=3650)  # None: purchased credit never expires
+    credit_expiry_sweep_s: float = Field(60.0, gt=0, le=3600)  # how late past its date expired credit may leave
+    credit_expiry_batch_max: int = Field(1000, gt=0)  # lots one sweep expires at most
 
     @model_validator(mode="after")
     def _bounds(self) -> TopupSettings:

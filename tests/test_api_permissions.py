@@ -83,6 +83,13 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     ("GET", "/api/management-keys", None, {"owner": 200, "developer": 200, "viewer": 200}),
     ("POST", "/api/management-keys", {"name": "laptop"}, {"owner": 201, "developer": 201, "viewer": 201}),
     ("DELETE", "/api/management-keys/{own_mk}", None, {"owner": 200, "developer": 200, "viewer": 200}),
+    ("GET", "/api/topup/tiers", None, {"owner": 200, "developer": 200, "viewer": 200}),
+    ("POST", "/api/topup/quote", {"amount": "75.00"}, {"owner": 200, "developer": 200, "viewer": 200}),
+    ("GET", "/api/wallet/notifications", None, {"owner": 200, "developer": 200, "viewer": 200}),
+    # Card top-ups need [stripe] enabled (tests/test_topups.py): here a 404 for the role that may ask.
+    ("POST", "/api/wallet/deposits", {"amount": "10"}, {"owner": 404, "developer": 403, "viewer": 403}),
+    ("PUT", "/api/wallet/auto-reload", {"enabled": False, "threshold": "5", "amount": "10"},
+     {"owner": 404, "developer": 403, "viewer": 403}),
 ]
 
 

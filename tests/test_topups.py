@@ -183,6 +183,18 @@ async def test_every_bound_is_a_clear_400(stripe_gw, body, param, code):
 
 async def test_only_owners_top_up(stripe_gw):
     org = await make_org(stripe_gw, "0")
+    status, reload = await call(stripe_gw, "PUT", "/api/wallet/auto-reload", org.secrets["owner"],
+                                {"enabled": True, "threshold": "5", "amount": "10"})
+    assert status == 200 and reload["enabled"] and reload["needs_card"] and not reload["card_saved"], reload
+    for role in ("owner", "developer", "viewer"):
+        status, seen = await call(stripe_gw, "GET", "/api/wallet/auto-reload", org.secrets[role])
+        assert status == 200 and seen == reload, seen
+    status, wallet = await call(stripe_gw, "GET", "/api/wallet", org.secrets["viewer"])
+    assert wallet["auto_reload"] == reload, wallet
+    for body, param in (({"enabled": True, "threshold": "5", "amount": "4.99"}, "amount"),
+                        ({"enabled": True, "threshold": "5.001", "amount": "10"}, "threshold")):
+        status, error = await call(stripe_gw, "PUT", "/api/wallet/auto-reload", org.secrets["owner"], body)
+        assert status == 400 and error["error"]["param"] == param, error
     for role, expected in (("developer", 403), ("viewer", 403)):
         status, error = await call(stripe_gw, "POST", "/api/wallet/deposits", org.secrets[role], {**RETURN, "amount": "10"})
         assert status == expected, error

@@ -13,9 +13,10 @@ from aiohttp import web
 
 from config.settings import WalletSettings
 from gateway.errors import invalid_request
-from gateway.http import api_keys, api_members, api_topup
+from gateway.http import api_deposits, api_keys, api_members, api_topup
 from gateway.http import api_models as inputs
 from gateway.http.api_base import MANAGEMENT_KEYS, Caller, ManagementKeys, api, money, org_of
+from gateway.http.api_deposits import auto_reload_json
 from gateway.http.bodies import Refused, json_body, valid
 from gateway.money.roles import Permission
 from gateway.money.wallet_owners import describe
@@ -33,6 +34,7 @@ def add_routes(app: web.Application, settings: WalletSettings) -> None:
     api_keys.add_routes(app)
     api_members.add_routes(app)
     api_topup.add_routes(app)
+    api_deposits.add_routes(app)
 
 
 async def get_wallet(request: web.Request, caller: Caller) -> web.Response:
@@ -43,6 +45,8 @@ async def overview_json(caller: Caller, org: Org) -> dict[str, Any]:
     view = await caller.owners.overview(org, caller.now)
     s = caller.owners.settings
     f = view.figures
+    reload = await caller.owners.store.auto_reload(org.wallet_id)
+    expiring = await caller.owners.store.next_expiry(org.wallet_id)
     return {
         "id": org.wallet_id, "name": org.name,
         "balance": money(view.balance_nusd, s), "held": money(view.held_nusd, s),
@@ -50,7 +54,10 @@ async def overview_json(caller: Caller, org: Org) -> dict[str, Any]:
         "used": {"month": money(f.month.charged_nusd, s), "lifetime": money(f.spent_nusd, s)},
         "requests": {"month": f.month.requests, "lifetime": f.requests},
         "deposited": money(f.deposited_nusd, s), "spent": money(f.spent_nusd, s),
-        "refunded": money(f.refunded_nusd, s), "auto_reload": None,
+        "refunded": money(f.refunded_nusd, s), "auto_reload": auto_reload_json(reload, s),
+        # Credit validity: the soonest credits to expire, and when (null: none expire).
+        "next_expiry": None if expiring is None else {"amount": money(expiring.amount_nusd, s),
+                                                      "expires_at": expiring.expires_at},
         "warning": {"level": view.warning.value, "low_threshold": money(view.low_threshold_nusd, s),
                     "critical_threshold": money(view.critical_threshold_nusd, s)},
     }

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway import errors
-from gateway.http import admin, api, api_deposits, models, readiness, webhooks
+from gateway.http import admin, api, models, readiness, webhooks
 from gateway.http.auth import KeyCache, bearer_matches
 from gateway.http.proxy import ENDPOINTS, Proxy, new_request_id
 from gateway.http.responses import error_response, response_started
@@ -23,7 +23,7 @@ from gateway.money.hold_recovery import heartbeat_forever
 from gateway.money.replay import replay_at_start
 from gateway.money.settlement import settler_for
 from gateway.money.stores import Stores, open_stores
-from gateway.money.sweeper import sweep_forever
+from gateway.money.sweeper import expire_credit_forever, sweep_forever
 from gateway.money.topups import open_payments
 from gateway.upstream import Upstream
 
@@ -45,8 +45,7 @@ def create_app(settings: Settings, stores: Stores | None = None) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readiness.readyz)
     api.add_routes(app, settings.wallet)  # the wallet API for owners (management keys)
-    api_deposits.add_routes(app)  # card top-ups: 404 payments_disabled unless [stripe] is enabled
-    webhooks.add_routes(app)
+    webhooks.add_routes(app)  # Stripe's events; 404 payments_disabled unless [stripe] is enabled
     if settings.admin_token is not None:
         admin.add_routes(app)  # no admin token: /admin/* does not exist (404), rather than a door to guess at
     return app
@@ -79,12 +78,14 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
             stores.book, stores.holds, limits.expiry_sweep_interval_s, limits.expiry_sweep_batch_max, metrics))
         # Redis may lose its data while this process has holds in flight: notice it even when idle.
         heartbeat = asyncio.create_task(heartbeat_forever(stores.holds, limits.redis_heartbeat_interval_s))
+        expiry = asyncio.create_task(expire_credit_forever(
+            stores.book, stores.holds, settings.topup.credit_expiry_sweep_s, settings.topup.credit_expiry_batch_max))
         try:
             yield
         finally:
-            sweeper.cancel()
-            heartbeat.cancel()
-            await asyncio.gather(sweeper, heartbeat, return_exceptions=True)
+            for task in (sweeper, heartbeat, expiry):
+                task.cancel()
+            await asyncio.gather(sweeper, heartbeat, expiry, return_exceptions=True)
             await settler.close()
             if payments is not None:
                 await payments.close()

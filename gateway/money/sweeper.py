@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from gateway.metrics import Metrics
 from ledger.book import Book
 from ledger.errors import LedgerUnavailable
 from ledger.holds import HoldStore, HoldStoreUnavailable
+from ledger.store import LedgerStore
 
 log = logging.getLogger("meterway.sweeper")
 
@@ -40,4 +42,22 @@ async def sweep_forever(book: Book, holds: HoldStore, interval_s: float, batch_m
             # A permanent ledger error or a bug must not end the sweep for good:
             # holds nobody settles would then never be released.
             log.exception("hold sweep failed unexpectedly, will retry")
+        await asyncio.sleep(interval_s)
+
+
+async def expire_credit_forever(book: LedgerStore, holds: HoldStore, interval_s: float, batch_max: int) -> None:
+    """Credit past its validity leaves its wallet (an `expiry` posting); the hold mirror then follows."""
+    while True:
+        try:
+            expired = await book.expire_lots(datetime.now(UTC), batch_max)
+            for wallet_id in sorted({lot.wallet_id for lot in expired}):
+                wallet = await book.wallet(wallet_id)
+                if wallet is not None:
+                    await holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+            if expired:
+                log.info("credit expired: %d lots, %d nUSD", len(expired), sum(lot.amount_nusd for lot in expired))
+        except (HoldStoreUnavailable, LedgerUnavailable) as exc:
+            log.warning("credit expiry sweep failed, will retry: %s", exc)
+        except Exception:
+            log.exception("credit expiry sweep failed unexpectedly, will retry")
         await asyncio.sleep(interval_s)
