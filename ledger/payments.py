@@ -61,6 +61,18 @@ class Notification:
 
 
 @dataclass(frozen=True)
+class Keyless:
+    """A keyless purchase: its wallet, and the keys made for whoever holds the paid session."""
+
+    deposit_id: str
+    wallet_id: str
+    recovery_hash: str
+    revealed_at: str | None
+    key_id: str | None
+    management_key_id: str | None
+
+
+@dataclass(frozen=True)
 class TakeBack:
     """What one take-back moved: the paid share and the discount share, each as the reversal did it."""
 
@@ -153,5 +165,10 @@ class Payments(Protocol):
     async def claim_auto_reload(self, wallet_id: str, deposit: Deposit) -> bool: ...
     async def finish_auto_reload(self, wallet_id: str, deposit_id: str, declined_reason: str | None) -> None: ...
     async def add_notification(self, wallet_id: str, kind: str, message: str) -> None: ...
+    # keyless purchases
+    async def create_keyless(self, deposit: Deposit, recovery_hash: str) -> None: ...  # with its pending deposit
+    async def keyless(self, deposit_id: str) -> Keyless | None: ...
+    async def claim_keyless_reveal(self, deposit_id: str) -> bool: ...  # True once: the caller makes the keys
+    async def set_keyless_keys(self, deposit_id: str, key_id: str, management_key_id: str) -> None: ...
     async def notifications(self, wallet_id: str, limit: int) -> list[Notification]: ...
 

@@ -22,6 +22,7 @@ from ledger.owners import Deposit, DepositNotPending, DepositStatus, Page
 from ledger.payments import (
     TAKE_BACK_KINDS,
     AutoReload,
+    Keyless,
     Notification,
     TakeBack,
     deposit_postings,
@@ -205,6 +206,34 @@ class PostgresPayments:
 
         await self._atomic(finish)
 
+    async def create_keyless(self, deposit: Deposit, recovery_hash: str) -> None:
+        async def create(conn: asyncpg.Connection) -> None:
+            await _insert_deposit(conn, deposit)
+            await conn.execute("INSERT INTO mw_keyless (deposit_id, wallet_id, recovery_hash) VALUES ($1, $2, $3)",
+                               deposit.deposit_id, deposit.wallet_id, recovery_hash)
+
+        await self._atomic(create)
+
+    async def keyless(self, deposit_id: str) -> Keyless | None:
+        async def read(conn: asyncpg.Connection) -> Keyless | None:
+            row = await conn.fetchrow("SELECT * FROM mw_keyless WHERE deposit_id = $1", deposit_id)
+            return None if row is None else _keyless(row)
+
+        return await self._with(read)
+
+    async def claim_keyless_reveal(self, deposit_id: str) -> bool:
+        async def claim(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute("UPDATE mw_keyless SET revealed_at = now() WHERE deposit_id = $1"
+                                        " AND revealed_at IS NULL", deposit_id)
+            return bool(status == "UPDATE 1")
+
+        return await self._with(claim)
+
+    async def set_keyless_keys(self, deposit_id: str, key_id: str, management_key_id: str) -> None:
+        await self._with(lambda conn: conn.execute(
+            "UPDATE mw_keyless SET key_id = $2, management_key_id = $3 WHERE deposit_id = $1",
+            deposit_id, key_id, management_key_id))
+
     async def add_notification(self, wallet_id: str, kind: str, message: str) -> None:
         await self._with(lambda conn: _notify(conn, wallet_id, kind, message))
 
@@ -255,6 +284,11 @@ def _auto_reload_row(row: Any) -> AutoReload:
     return AutoReload(row["wallet_id"], bool(row["enabled"]), row["threshold_nusd"], row["amount_nusd"],
                       row["customer_ref"], row["payment_method_ref"], row["paused_reason"], row["in_flight_deposit_id"],
                       utc_text_or_none(row["updated_at"]))
+
+
+def _keyless(row: Any) -> Keyless:
+    return Keyless(row["deposit_id"], row["wallet_id"], row["recovery_hash"], utc_text_or_none(row["revealed_at"]),
+                   row["key_id"], row["management_key_id"])
 
 
 async def _notify(conn: asyncpg.Connection, wallet_id: str, kind: str, message: str) -> None:

@@ -19,6 +19,7 @@ from ledger.owners import Deposit, DepositNotPending, DepositStatus, Page
 from ledger.payments import (
     TAKE_BACK_KINDS,
     AutoReload,
+    Keyless,
     Notification,
     TakeBack,
     deposit_postings,
@@ -200,6 +201,31 @@ class SqlitePayments:
 
         await self._atomic(finish)
 
+    async def create_keyless(self, deposit: Deposit, recovery_hash: str) -> None:
+        def create(conn: sqlite3.Connection) -> None:
+            _insert_deposit(conn, deposit)
+            conn.execute("INSERT INTO mw_keyless (deposit_id, wallet_id, recovery_hash) VALUES (?, ?, ?)",
+                         (deposit.deposit_id, deposit.wallet_id, recovery_hash))
+
+        await self._atomic(create)
+
+    async def keyless(self, deposit_id: str) -> Keyless | None:
+        def read(conn: sqlite3.Connection) -> Keyless | None:
+            row = conn.execute("SELECT * FROM mw_keyless WHERE deposit_id = ?", (deposit_id,)).fetchone()
+            return None if row is None else _keyless(row)
+
+        return await self._run(read)
+
+    async def claim_keyless_reveal(self, deposit_id: str) -> bool:
+        return await self._atomic(lambda conn: conn.execute(
+            f"UPDATE mw_keyless SET revealed_at = {NOW} WHERE deposit_id = ? AND revealed_at IS NULL",
+            (deposit_id,)).rowcount == 1)
+
+    async def set_keyless_keys(self, deposit_id: str, key_id: str, management_key_id: str) -> None:
+        await self._atomic(lambda conn: conn.execute(
+            "UPDATE mw_keyless SET key_id = ?, management_key_id = ? WHERE deposit_id = ?",
+            (key_id, management_key_id, deposit_id)))
+
     async def add_notification(self, wallet_id: str, kind: str, message: str) -> None:
         await self._atomic(lambda conn: _notify(conn, wallet_id, kind, message))
 
@@ -246,6 +272,11 @@ def _auto_reload_row(row: Any) -> AutoReload:
     return AutoReload(row["wallet_id"], bool(row["enabled"]), row["threshold_nusd"], row["amount_nusd"],
                       row["customer_ref"], row["payment_method_ref"], row["paused_reason"], row["in_flight_deposit_id"],
                       utc_text_or_none(row["updated_at"]))
+
+
+def _keyless(row: Any) -> Keyless:
+    return Keyless(row["deposit_id"], row["wallet_id"], row["recovery_hash"], utc_text_or_none(row["revealed_at"]),
+                   row["key_id"], row["management_key_id"])
 
 
 def _notify(conn: sqlite3.Connection, wallet_id: str, kind: str, message: str) -> None:

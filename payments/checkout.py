@@ -41,6 +41,7 @@ class StartedCheckout:
 
 class DepositStore(Protocol):
     async def create_deposit(self, deposit: Deposit) -> None: ...
+    async def create_keyless(self, deposit: Deposit, recovery_hash: str) -> None: ...
     async def set_deposit_status(self, deposit_id: str, status: DepositStatus) -> Deposit: ...
     async def set_deposit_ref(self, deposit_id: str, external_ref: str) -> None: ...
 
@@ -90,7 +91,9 @@ class Checkout:
 
     async def start(self, wallet_id: str, quote: Quote, success_url: str, cancel_url: str, *,
                     save_card: bool = False, customer_ref: str | None = None, purpose: str = "topup",
-                    validity_days: int | None = None, now: datetime | None = None) -> StartedCheckout | TopupRefused:
+                    validity_days: int | None = None, recovery_hash: str | None = None,
+                    now: datetime | None = None) -> StartedCheckout | TopupRefused:
+        """recovery_hash: a keyless purchase (its deposit is written with the hash of its recovery code)."""
         for url, param in ((success_url, "success_url"), (cancel_url, "cancel_url")):
             refused = check_return_url(url, param, self._settings.allowed_origins)
             if refused is not None:
@@ -101,7 +104,10 @@ class Checkout:
                           self._settings.currency, DepositStatus.PENDING, utc_text(now),
                           discount_nusd=quote.discount_nusd, tier=quote.tier_id, purpose=purpose,
                           paid_cents=quote.payable_cents, credit_expires_at=credit_expiry(now, validity_days))
-        await self._store.create_deposit(deposit)
+        if recovery_hash is None:
+            await self._store.create_deposit(deposit)
+        else:
+            await self._store.create_keyless(deposit, recovery_hash)
         expires = now + timedelta(seconds=self._settings.checkout_expires_s)
         request = CheckoutRequest(deposit.deposit_id, wallet_id, quote.payable_cents, format_usd(quote.amount_nusd),
                                   success_url, cancel_url, int(expires.timestamp()), save_card, customer_ref, purpose)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
 from ledger.book import FUNDING_ACCOUNT, Transfer, TransferKind, check_invariants
@@ -201,3 +202,40 @@ async def test_only_owners_top_up(stripe_gw):
         status, error = await call(stripe_gw, "PUT", "/api/wallet/auto-reload", org.secrets[role],
                                    {"enabled": True, "threshold": "5", "amount": "10"})
         assert status == expected, error
+
+
+async def test_a_keyless_purchase_reveals_its_keys_once_and_recovers(stripe_gw, fake_stripe):
+    gw = stripe_gw
+    async with aiohttp.ClientSession() as http:
+        async def post(path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+            async with http.post(f"{gw.base_url}{path}", json=body or {}) as answer:
+                return answer.status, await answer.json()
+
+        status, started = await post("/api/keyless/checkout", {**RETURN, "tier": "50"})
+        assert status == 201 and started["recovery_code"] and started["quote"]["payable"]["usd"] == "47.5", started
+        session_id = started["session_id"]
+        status, early = await post(f"/api/keyless/{session_id}/reveal")
+        assert status == 409 and early["error"]["code"] == "payment_pending", early
+        await fake_stripe.pay(session_id)
+        deadline = time.monotonic() + WAIT_S
+        while (found := await post(f"/api/keyless/{session_id}/reveal"))[0] == 409 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        status, first = found
+        assert status == 200 and first["api_key"].startswith("mw-"), first
+        status, again = await post(f"/api/keyless/{session_id}/reveal")
+        assert status == 409 and again["error"]["code"] == "already_revealed", again
+        status, wrong = await post(f"/api/keyless/{session_id}/recover", {"recovery_code": "not-it"})
+        assert status == 403 and wrong["error"]["code"] == "invalid_recovery_code", wrong
+        status, keys = await post(f"/api/keyless/{session_id}/recover", {"recovery_code": started["recovery_code"]})
+        assert status == 200 and keys["api_key"].startswith("mw-") and keys["management_key"].startswith("mwm-"), keys
+    assert await gw.balance(keys["wallet"]) == parse_usd("50")
+    response = await gw.client(keys["api_key"]).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "bought without an account"}])
+    assert response.http_response.status_code == 200
+    status, wallet = await call(gw, "GET", "/api/wallet", keys["management_key"])
+    assert status == 200 and wallet["id"] == keys["wallet"], wallet
+    with pytest.raises(openai.AuthenticationError):  # the keys shown first stop working after a recovery
+        await gw.client(first["api_key"]).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    status, _ = await call(gw, "GET", "/api/wallet", first["management_key"])
+    assert status == 401
+    gw.wallets.append(keys["wallet"])

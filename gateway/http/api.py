@@ -13,7 +13,7 @@ from aiohttp import web
 
 from config.settings import WalletSettings
 from gateway.errors import invalid_request
-from gateway.http import api_deposits, api_keys, api_members, api_topup
+from gateway.http import api_deposits, api_keyless, api_keys, api_members, api_topup
 from gateway.http import api_models as inputs
 from gateway.http.api_base import MANAGEMENT_KEYS, Caller, ManagementKeys, api, money, org_of
 from gateway.http.api_deposits import auto_reload_json
@@ -35,6 +35,7 @@ def add_routes(app: web.Application, settings: WalletSettings) -> None:
     api_members.add_routes(app)
     api_topup.add_routes(app)
     api_deposits.add_routes(app)
+    api_keyless.add_routes(app)
 
 
 async def get_wallet(request: web.Request, caller: Caller) -> web.Response:

@@ -55,7 +55,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/wallet/notifications", api(Permission.READ_WALLET, notifications))
 
 
-def _payments(request: web.Request) -> tuple[Payments, Settings]:
+def payments_of(request: web.Request) -> tuple[Payments, Settings]:
     state = request.app[STATE]
     if state.payments is None:
         raise Refused(ApiError(404, "Card payments are not enabled on this gateway.", "invalid_request_error",
@@ -69,7 +69,7 @@ def refused(error: TopupRefused | QuoteError) -> Refused:
 
 
 async def start_deposit(request: web.Request, caller: Caller) -> web.Response:
-    payments, settings = _payments(request)
+    payments, settings = payments_of(request)
     body = valid(StartDeposit, await json_body(request))
     priced = quote(settings.topup, None if body.amount is None else parse_usd(body.amount), body.tier)
     if isinstance(priced, QuoteError):
@@ -88,7 +88,7 @@ def started_json(started: StartedCheckout, priced: Quote, caller: Caller) -> dic
     s = caller.owners.settings
     return {"deposit": deposit_json(started.deposit, s), "checkout_url": started.session.url,
             "session_id": started.session.session_id, "expires_at": started.session.expires_at,
-            "quote": quote_json(priced, caller)}
+            "quote": quote_json(priced, s)}
 
 
 async def get_deposit(request: web.Request, caller: Caller) -> web.Response:
@@ -109,13 +109,13 @@ def deposit_json(d: Deposit, s: WalletSettings) -> dict[str, Any]:
 
 
 async def get_auto_reload(request: web.Request, caller: Caller) -> web.Response:
-    _payments(request)
+    payments_of(request)
     reload = await caller.owners.store.auto_reload(caller.wallet_id)
     return web.json_response(auto_reload_json(reload, caller.owners.settings))
 
 
 async def put_auto_reload(request: web.Request, caller: Caller) -> web.Response:
-    payments, settings = _payments(request)
+    payments, settings = payments_of(request)
     body = valid(AutoReloadInput, await json_body(request))
     threshold, amount = parse_usd(body.threshold), parse_usd(body.amount)
     least = settings.topup.auto_reload_min_nusd

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
+from config.settings import WalletSettings
 from gateway.errors import ApiError
 from gateway.http.admin_models import UsdAmount
 from gateway.http.api_base import Caller, api, money
@@ -37,7 +38,7 @@ async def tiers(request: web.Request, caller: Caller) -> web.Response:
     s = caller.owners.settings
     return web.json_response({
         "currency": "usd",
-        "tiers": [{"id": t.id, **quote_json(priced(t.amount_nusd, t), caller)} for t in topup.tiers],
+        "tiers": [{"id": t.id, **quote_json(priced(t.amount_nusd, t), s)} for t in topup.tiers],
         "custom": {"min": money(topup.min_nusd, s), "max": money(topup.max_nusd, s),
                    "earns_tiers": topup.custom_amounts_earn_tiers},
     })
@@ -48,15 +49,14 @@ async def post_quote(request: web.Request, caller: Caller) -> web.Response:
     found = quote(request.app[STATE].settings.topup, None if body.amount is None else parse_usd(body.amount), body.tier)
     if isinstance(found, QuoteError):
         raise quote_refused(found)
-    return web.json_response(quote_json(found, caller))
+    return web.json_response(quote_json(found, caller.owners.settings))
 
 
 def quote_refused(error: QuoteError) -> Refused:
     return Refused(ApiError(error.status, error.message, "invalid_request_error", error.code, error.param))
 
 
-def quote_json(found: Quote, caller: Caller) -> dict[str, Any]:
-    s = caller.owners.settings
+def quote_json(found: Quote, s: WalletSettings) -> dict[str, Any]:
     return {"amount": money(found.amount_nusd, s), "discount": money(found.discount_nusd, s),
             "payable": money(found.payable_nusd, s), "credited": money(found.amount_nusd, s),
             "tier": found.tier_id, "discount_percent": str(found.discount_percent)}

@@ -49,3 +49,16 @@ CREATE TABLE mw_notifications (
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 ) STRICT;
 CREATE INDEX mw_notifications_wallet ON mw_notifications (wallet_id, created_at);
+
+-- Keyless purchase (AiSpace's "Secure Key"): an anonymous buyer's wallet, whose keys are
+-- made when the holder of the paid session asks for them, once; the recovery code
+-- (hashed) issues fresh keys later, revoking the ones before.
+CREATE TABLE mw_keyless (
+    deposit_id         TEXT PRIMARY KEY REFERENCES mw_deposits (id),
+    wallet_id          TEXT NOT NULL REFERENCES mw_accounts (id),
+    recovery_hash      TEXT NOT NULL,
+    revealed_at        TEXT,
+    key_id             TEXT,
+    management_key_id  TEXT,
+    created_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) STRICT;
