@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.book import DISCOUNTS_ACCOUNT, FUNDING_ACCOUNT, Transfer, TransferKind, TransferOutcome, check_invariants
+from ledger.errors import UnknownAccount
 from ledger.money import parse_usd
 from ledger.owners import Deposit, DepositNotPending, DepositStatus
 from ledger.payments import take_back_targets
@@ -65,7 +66,7 @@ async def test_only_a_pending_deposit_completes_and_refs_are_one_to_one(book) ->
     await book.create_deposit(dep)
     await book.set_deposit_ref(dep.deposit_id, "cs_test_1")
     await book.set_deposit_ref(dep.deposit_id, "cs_test_1")  # the same ref again is fine
-    with pytest.raises(Exception):
+    with pytest.raises(UnknownAccount):  # a deposit belongs to one session
         await book.set_deposit_ref(dep.deposit_id, "cs_test_2")
     assert (await book.deposit_by_ref("cs_test_1")).deposit_id == dep.deposit_id
     await book.set_deposit_status(dep.deposit_id, DepositStatus.EXPIRED)
