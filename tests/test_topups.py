@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -239,3 +240,54 @@ async def test_a_keyless_purchase_reveals_its_keys_once_and_recovers(stripe_gw, 
     status, _ = await call(gw, "GET", "/api/wallet", first["management_key"])
     assert status == 401
     gw.wallets.append(keys["wallet"])
+
+
+async def test_a_failing_handler_answers_500_so_that_stripe_retries(stripe_gw, fake_stripe, monkeypatch):
+    gw = stripe_gw
+    org = await make_org(gw, "0")
+    started = await start(gw, org, {"amount": "12.00"})
+    payments = gw.state.payments
+    real = payments.webhooks.handle
+    failures = []
+
+    async def broken(event):
+        if event["type"] == "checkout.session.completed" and not failures:
+            failures.append(event["id"])
+            raise ConnectionError("the ledger went away")
+        return await real(event)
+
+    monkeypatch.setattr(payments.webhooks, "handle", broken)
+    await fake_stripe.pay(started["session_id"])  # first try 500, the fake retries as Stripe does
+    await wait_status(gw, org, started["deposit"]["id"], "completed")
+    delivered = next(e for e in await fake_stripe.events() if e["id"] == failures[0])
+    assert delivered["_deliveries"] == [200], delivered  # its retry succeeded
+    assert await gw.balance(org.wallet_id) == parse_usd("12")
+
+
+async def test_stripe_unreachable_at_checkout_is_a_503_and_starts_nothing(gateway_factory, monkeypatch):
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_unreachable_0123456789")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    gw = await gateway_factory(stripe={"enabled": True, "api_base": "http://127.0.0.1:9", "allowed_origins": [APP],
+                                       "max_retries": 1, "timeout_s": 2})
+    org = await make_org(gw, "0")
+    status, error = await call(gw, "POST", "/api/wallet/deposits", org.secrets["owner"], {**RETURN, "amount": "10"})
+    assert status == 503 and error["error"]["code"] == "payments_unavailable", error
+    status, listed = await call(gw, "GET", "/api/wallet/deposits", org.secrets["owner"])
+    assert [d["status"] for d in listed["data"]] == ["failed"], listed  # recorded, never payable
+
+
+async def test_bought_credit_with_validity_shows_when_it_expires(gateway_factory, fake_stripe, monkeypatch):
+    monkeypatch.setenv("STRIPE_SECRET_KEY", fake_stripe.secret_key)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    gw = await gateway_factory(stripe={"enabled": True, "api_base": fake_stripe.api_base, "allowed_origins": [APP]},
+                               topup={"credit_validity_days": 30})
+    await fake_stripe.register_webhook(f"{gw.base_url}/webhooks/stripe", WEBHOOK_SECRET)
+    org = await make_org(gw, "2")  # $2 that never expires
+    started = await start(gw, org, {"amount": "10.00"})
+    await fake_stripe.pay(started["session_id"])
+    await wait_status(gw, org, started["deposit"]["id"], "completed")
+    status, wallet = await call(gw, "GET", "/api/wallet", org.secrets["viewer"])
+    expiring = wallet["next_expiry"]
+    assert expiring["amount"]["usd"] == "10" and expiring["expires_at"].endswith("Z"), wallet
+    days = (datetime.fromisoformat(expiring["expires_at"]) - datetime.now(UTC)).days
+    assert 29 <= days <= 30, expiring
