@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from ledger import owner_rows as rows
 from ledger.history import Entry, EntryQuery, Spend, UsageSummary, WalletFigures
 from ledger.owners import Page
+from ledger.postgres_access import PostgresAccess
 from ledger.times import parse_utc, utc_text
-
-T = TypeVar("T")
 
 # One entry per posting: the wallet's side of it (legs to or from the wallet, netted).
 _ENTRY_COLUMNS = (
@@ -23,11 +21,8 @@ _ENTRY_COLUMNS = (
 )
 
 
-class PostgresHistory:
+class PostgresHistory(PostgresAccess):
     """Mixed into PostgresBook, which provides _with."""
-
-    async def _with(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        raise NotImplementedError
 
     async def entries(self, query: EntryQuery) -> Page[Entry]:
         return await self._with(lambda conn: _entries(conn, query))

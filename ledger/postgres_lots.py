@@ -10,7 +10,6 @@ settlement nor makes it wait.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
 
@@ -21,6 +20,7 @@ from ledger import postgres_postings as postings
 from ledger.book import FUNDING_ACCOUNT, Leg, Posting, TransferKind, TransferOutcome
 from ledger.errors import NotAWallet
 from ledger.lots import Checkpoint, ExpiredLot, Lot, LotConflict, NextExpiry, TailNow
+from ledger.postgres_access import PostgresAccess
 from ledger.postings import check_posting_replay
 from ledger.times import parse_utc, utc_text
 
@@ -43,11 +43,8 @@ _CHECKPOINT_WRITE = (
 )
 
 
-class PostgresLots:
+class PostgresLots(PostgresAccess):
     """Mixed into PostgresBook, which provides _with (a pooled connection, errors translated)."""
-
-    async def _with(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        raise NotImplementedError
 
     async def add_lot(self, posting: Posting, wallet_id: str, lot_id: str, expires_at: datetime) -> TransferOutcome:
         amount = _net_credit(posting, wallet_id)

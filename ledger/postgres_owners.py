@@ -7,9 +7,6 @@ processes deciding at once are serialised by the database, not by luck.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 import asyncpg
 
 from ledger import owner_rows as rows
@@ -26,23 +23,12 @@ from ledger.owners import (
     OrgExists,
     Role,
 )
+from ledger.postgres_access import PostgresAccess
 from ledger.times import parse_utc
 
-T = TypeVar("T")
 
-
-class PostgresOwners:
+class PostgresOwners(PostgresAccess):
     """Mixed into PostgresBook, which provides _with (a pooled connection, errors translated)."""
-
-    async def _with(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        raise NotImplementedError
-
-    async def _atomic(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async def run(conn: asyncpg.Connection) -> T:
-            async with conn.transaction():
-                return await fn(conn)
-
-        return await self._with(run)
 
     # --- organisations ---------------------------------------------------
 

@@ -9,7 +9,6 @@ it, and the account rows are locked after, in the ledger's one lock order.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -29,6 +28,7 @@ from ledger.payments import (
     take_back_memo,
     take_back_reversals,
 )
+from ledger.postgres_access import PostgresAccess
 from ledger.postgres_lots import open_lot
 from ledger.times import parse_utc, utc_text_or_none
 
@@ -37,18 +37,8 @@ _DEPOSIT_COLUMNS = ("id, wallet_id, method, amount_credited_nusd, paid_amount, p
                     " discount_nusd, payment_ref, customer_ref, tier, purpose, paid_cents, credit_expires_at")
 
 
-class PostgresPayments:
+class PostgresPayments(PostgresAccess):
     """Mixed into PostgresBook, which provides _with (a pooled connection)."""
-
-    async def _with(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        raise NotImplementedError
-
-    async def _atomic(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async def run(conn: asyncpg.Connection) -> T:
-            async with conn.transaction():
-                return await fn(conn)
-
-        return await self._with(run)
 
     # --- deposits --------------------------------------------------------
 

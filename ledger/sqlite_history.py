@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from ledger import owner_rows as rows
 from ledger.history import Entry, EntryQuery, Spend, UsageSummary, WalletFigures
 from ledger.owners import Page
+from ledger.sqlite_access import SqliteAccess
 from ledger.times import utc_text
-
-T = TypeVar("T")
 
 # One entry per posting: the wallet's side of it (legs to or from the wallet, netted).
 _ENTRY_COLUMNS = (
@@ -22,11 +20,8 @@ _ENTRY_COLUMNS = (
 )
 
 
-class SqliteHistory:
+class SqliteHistory(SqliteAccess):
     """Mixed into SqliteBook, which provides _run."""
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        raise NotImplementedError
 
     async def entries(self, query: EntryQuery) -> Page[Entry]:
         return await self._run(lambda conn: _entries(conn, query))

@@ -17,6 +17,7 @@ from ledger import sqlite_postings as postings
 from ledger.book import FUNDING_ACCOUNT, Leg, Posting, TransferKind, TransferOutcome
 from ledger.errors import NotAWallet
 from ledger.lots import Checkpoint, ExpiredLot, Lot, LotConflict, NextExpiry, TailNow
+from ledger.sqlite_access import SqliteAccess
 from ledger.times import utc_text
 
 T = TypeVar("T")
@@ -39,11 +40,8 @@ _CHECKPOINT_WRITE = (
 )
 
 
-class SqliteLots:
+class SqliteLots(SqliteAccess):
     """Mixed into SqliteBook, which provides _run (one call on the ledger's thread)."""
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        raise NotImplementedError
 
     async def add_lot(self, posting: Posting, wallet_id: str, lot_id: str, expires_at: datetime) -> TransferOutcome:
         amount = _net_credit(posting, wallet_id)

@@ -8,12 +8,9 @@ SQLite has one writer, so the check and the change cannot interleave with anothe
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from ledger import owner_rows as rows
-from ledger import sqlite_postings as postings
 from ledger.caps import CapBalance, member_cap_id, next_period_start, period_start
 from ledger.errors import UnknownAccount
 from ledger.owners import (
@@ -27,20 +24,14 @@ from ledger.owners import (
     OrgExists,
     Role,
 )
+from ledger.sqlite_access import SqliteAccess
 from ledger.times import parse_utc, utc_text
 
-T = TypeVar("T")
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
-class SqliteOwners:
+class SqliteOwners(SqliteAccess):
     """Mixed into SqliteBook, which provides _run (one call on the ledger's thread)."""
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        raise NotImplementedError
-
-    async def _atomic(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(lambda conn: postings.atomic(conn, fn))
 
     # --- organisations ---------------------------------------------------
 

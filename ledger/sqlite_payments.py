@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ledger import owner_rows as rows
@@ -26,6 +25,7 @@ from ledger.payments import (
     take_back_memo,
     take_back_reversals,
 )
+from ledger.sqlite_access import SqliteAccess
 from ledger.sqlite_lots import open_lot
 from ledger.times import parse_utc, utc_text_or_none
 
@@ -35,14 +35,8 @@ _DEPOSIT_COLUMNS = ("id, wallet_id, method, amount_credited_nusd, paid_amount, p
                     " discount_nusd, payment_ref, customer_ref, tier, purpose, paid_cents, credit_expires_at")
 
 
-class SqlitePayments:
+class SqlitePayments(SqliteAccess):
     """Mixed into SqliteBook, which provides _run (one call on the ledger's thread)."""
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        raise NotImplementedError
-
-    async def _atomic(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(lambda conn: postings.atomic(conn, fn))
 
     # --- deposits --------------------------------------------------------
 
