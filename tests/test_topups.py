@@ -75,6 +75,9 @@ async def test_the_whole_card_flow_then_a_request_spends_it(stripe_gw, fake_stri
     assert credited["credited"] and credited["amount_credited"]["usd"] == "100" and credited["discount"]["usd"] == "5"
     by_session = await deposit(gw, org, started["session_id"])  # the success page knows the session id only
     assert by_session["id"] == credited["id"]
+    status, verified = await call(gw, "GET", f"/api/wallet/deposits?session_id={started['session_id']}",
+                                  org.secrets["viewer"])
+    assert status == 200 and verified == credited, verified
     assert await gw.balance(org.wallet_id) == parse_usd("100")
     status, history = await call(gw, "GET", "/api/wallet/transactions?type=deposit,discount", org.secrets["owner"])
     assert sorted(e["amount"]["usd"] for e in history["data"]) == ["5", "95"], history
@@ -291,3 +294,22 @@ async def test_bought_credit_with_validity_shows_when_it_expires(gateway_factory
     assert expiring["amount"]["usd"] == "10" and expiring["expires_at"].endswith("Z"), wallet
     days = (datetime.fromisoformat(expiring["expires_at"]) - datetime.now(UTC)).days
     assert 29 <= days <= 30, expiring
+
+
+async def test_checkout_saves_the_card_for_auto_reload(stripe_gw, fake_stripe):
+    gw = stripe_gw
+    org = await make_org(gw, "0")
+    status, reload = await call(gw, "PUT", "/api/wallet/auto-reload", org.secrets["owner"],
+                                {"enabled": True, "threshold": "5", "amount": "10"})
+    assert status == 200 and reload["needs_card"], reload
+    started = await start(gw, org, {"amount": "20.00"})  # auto-reload is on: the card is saved by default
+    session = await fake_stripe.get(f"/v1/checkout/sessions/{started['session_id']}")
+    assert session["customer_creation"] == "always" and session["metadata"]["save_card"] == "true", session
+    await fake_stripe.pay(started["session_id"])
+    await wait_status(gw, org, started["deposit"]["id"], "completed")
+    status, reload = await call(gw, "GET", "/api/wallet/auto-reload", org.secrets["owner"])
+    assert reload["card_saved"] and not reload["needs_card"], reload
+    saved = await gw.state.book.auto_reload(org.wallet_id)
+    paid = await fake_stripe.get(f"/v1/checkout/sessions/{started['session_id']}")
+    intent = await fake_stripe.get(f"/v1/payment_intents/{paid['payment_intent']}")
+    assert saved.customer_ref == intent["customer"] and saved.payment_method_ref == intent["payment_method"], saved

@@ -12,11 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import WalletSettings
-from gateway.errors import invalid_request
+from gateway.errors import invalid_request, not_found
 from gateway.http import api_deposits, api_keyless, api_keys, api_members, api_topup
 from gateway.http import api_models as inputs
 from gateway.http.api_base import MANAGEMENT_KEYS, Caller, ManagementKeys, api, money, org_of
-from gateway.http.api_deposits import auto_reload_json
+from gateway.http.api_deposits import auto_reload_json, deposit_json
 from gateway.http.bodies import Refused, json_body, valid
 from gateway.money.roles import Permission
 from gateway.money.wallet_owners import describe
@@ -111,15 +111,17 @@ def entry_json(entry: Entry, s: WalletSettings) -> dict[str, Any]:
 
 
 async def deposits(request: web.Request, caller: Caller) -> web.Response:
-    query = valid(inputs.Page, dict(request.query))
+    query = valid(inputs.DepositsQuery, dict(request.query))
+    if query.session_id is not None:  # Aerostack's "verify": the success page knows the session id
+        found = await caller.owners.store.deposit_by_ref(query.session_id)
+        if found is None or found.wallet_id != caller.wallet_id:
+            raise Refused(not_found(f"no deposit for session {query.session_id!r}"))
+        return web.json_response(deposit_json(found, caller.owners.settings))
     try:
         page = await caller.owners.store.list_deposits(caller.wallet_id, query.limit, query.cursor)
     except ValueError as exc:
         raise Refused(invalid_request("Invalid cursor: pass next_cursor from a previous page.", "cursor",
                                       "invalid_value")) from exc
     s = caller.owners.settings
-    return web.json_response({"object": "list", "data": [
-        {"id": d.deposit_id, "method": d.method, "amount_credited": money(d.amount_credited_nusd, s),
-         "amount_paid": {"amount": d.paid_amount, "currency": d.paid_currency}, "status": d.status.value,
-         "created_at": d.created_at, "completed_at": d.completed_at} for d in page.items],
+    return web.json_response({"object": "list", "data": [deposit_json(d, s) for d in page.items],
         "total": page.total, "has_more": page.next_cursor is not None, "next_cursor": page.next_cursor})

@@ -28,6 +28,10 @@ class Page(ApiInput):
     cursor: str | None = Field(None, min_length=1, max_length=CURSOR_CHARS_MAX)
 
 
+class DepositsQuery(Page):
+    session_id: str | None = Field(None, min_length=1, max_length=255)  # one deposit, by its Checkout Session
+
+
 class TransactionsQuery(Page):
     type: str | None = Field(None, max_length=1000)
     from_: datetime | None = Field(None, alias="from", strict=False)
