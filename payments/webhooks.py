@@ -22,6 +22,8 @@ from ledger.book import TransferKind, TransferOutcome
 from ledger.owners import Deposit, DepositNotPending, DepositStatus
 
 log = logging.getLogger("meterway.webhooks")
+# A deposit we stopped waiting for, that a late payment may still complete; a refunded one was credited before.
+GIVEN_UP = frozenset({DepositStatus.EXPIRED, DepositStatus.FAILED})
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,12 @@ class Webhooks:
         try:
             return await self._store.complete_deposit(deposit.deposit_id, payment_ref=intent_id, customer_ref=customer)
         except DepositNotPending:
+            current = await self._store.deposit(deposit.deposit_id)
+            if current is None or current.status not in GIVEN_UP:
+                return TransferOutcome.EXISTS  # credited before (and perhaps taken back since): never twice
             # Stripe took the money for a deposit we had given up on: still credit it, never lose a payment.
             log.warning("deposit %s was paid after being marked %s; crediting it", deposit.deposit_id,
-                        deposit.status.value)
+                        current.status.value)
             await self._store.set_deposit_status(deposit.deposit_id, DepositStatus.PENDING)
             return await self._store.complete_deposit(deposit.deposit_id, payment_ref=intent_id, customer_ref=customer)
 

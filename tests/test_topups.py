@@ -313,3 +313,25 @@ async def test_checkout_saves_the_card_for_auto_reload(stripe_gw, fake_stripe):
     paid = await fake_stripe.get(f"/v1/checkout/sessions/{started['session_id']}")
     intent = await fake_stripe.get(f"/v1/payment_intents/{paid['payment_intent']}")
     assert saved.customer_ref == intent["customer"] and saved.payment_method_ref == intent["payment_method"], saved
+
+
+async def test_a_late_payment_event_after_a_full_refund_credits_nothing_again(stripe_gw, fake_stripe):
+    gw = stripe_gw
+    org = await make_org(gw, "0")
+    started = await start(gw, org, {"amount": "10.00"})
+    await fake_stripe.pay(started["session_id"])
+    await wait_status(gw, org, started["deposit"]["id"], "completed")
+    intent_id = (await fake_stripe.get(f"/v1/checkout/sessions/{started['session_id']}"))["payment_intent"]
+    await fake_stripe.refund(intent_id)
+    await wait_status(gw, org, started["deposit"]["id"], "refunded")
+    session = await fake_stripe.get(f"/v1/checkout/sessions/{started['session_id']}")
+    late = {"id": "evt_late_async_success", "object": "event", "type": "checkout.session.async_payment_succeeded",
+            "data": {"object": session}}
+    payload = json.dumps(late).encode()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gw.base_url}/webhooks/stripe", data=payload, headers={
+                "Content-Type": "application/json", "Stripe-Signature": fake_stripe.sign(payload, WEBHOOK_SECRET)}) as answer:
+            assert answer.status == 200, await answer.text()
+    assert (await deposit(gw, org, started["deposit"]["id"]))["status"] == "refunded"
+    assert await gw.balance(org.wallet_id) == 0
+    check_invariants(await gw.state.book.totals())
