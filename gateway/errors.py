@@ -30,6 +30,16 @@ def invalid_api_key(message: str = "Incorrect API key provided.") -> ApiError:
     return ApiError(401, message, "invalid_request_error", "invalid_api_key", headers={"x-should-retry": "false"})
 
 
+def key_expired(expires_at: str) -> ApiError:
+    return ApiError(401, f"This API key expired at {expires_at}.", "invalid_request_error", "key_expired",
+                    headers={"x-should-retry": "false"})
+
+
+def model_not_allowed(model: str) -> ApiError:
+    return ApiError(403, f"This API key may not call the model `{model}`.", "invalid_request_error",
+                    "model_not_allowed", "model", headers={"x-should-retry": "false"})
+
+
 def model_not_found(model: str) -> ApiError:
     return ApiError(
         404, f"The model `{model}` does not exist or you do not have access to it.",

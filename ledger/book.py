@@ -1,10 +1,9 @@
 """The durable book: what both backends (SQLite, Postgres) promise.
 
-A wallet is an account whose balance may not go below zero. Money enters from
-``sys:funding`` (deposits, operator credits), leaves wallets to ``sys:revenue``
-when a request is settled, and any part of a request's cost that the wallet
-could not cover is recorded as a transfer from ``sys:shortfall``, never as a
-negative wallet. Every transfer id is an idempotency key.
+A wallet is an account whose balance may not go below zero. Money enters from ``sys:funding``
+(deposits, operator credits), leaves wallets to ``sys:revenue`` when a request is settled, and
+any part of a request's cost that the wallet could not cover is recorded as a transfer from
+``sys:shortfall``, never as a negative wallet. Every transfer id is an idempotency key.
 
 Kinds of accounts and transfers are data (mw_account_kinds, mw_transfer_kinds,
 migration 0002): the database is the authority on which exist, and a new kind is
@@ -18,10 +17,13 @@ by construction, so every posting does too.
 from __future__ import annotations
 
 import enum
+import functools
+import math
 import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -214,8 +216,7 @@ class UsageRecord:
     held_nusd: int
     latency_ms: float
     upstream_latency_ms: float
-    # Who receives cost_nusd, filled in order (wallet money first, then sys:shortfall).
-    # () means all to sys:revenue; a journal line from before payees reads the same.
+    # Who receives cost_nusd, filled in order (wallet money, then sys:shortfall); (): all to sys:revenue.
     payees: tuple[Payee, ...] = ()
     # The spend caps (ledger/caps.py) this request was held against: settling adds its cost to each.
     caps: tuple[str, ...] = ()
@@ -310,14 +311,20 @@ class ApiKeyRecord:
     bot: str | None
     created_at: str | None = None
     revoked_at: str | None = None
-    # The member the key belongs to (ledger/owners.py), and that member's monthly
-    # spending limit as the key was read (key_by_hash joins it): None, none.
+    # Its member (ledger/owners.py) and that member's monthly limit as read (key_by_hash joins it).
     member_id: str | None = None
     member_limit_nusd: int | None = None
+    expires_at: str | None = None  # ISO 8601 UTC; None: never (migration 0006)
+    allowed_models: tuple[str, ...] | None = None  # None: every model the gateway serves
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @functools.cached_property
+    def expires_epoch(self) -> float:
+        """expires_at as epoch seconds (inf: never), parsed once per cached record: it is checked per request."""
+        return math.inf if self.expires_at is None else datetime.fromisoformat(self.expires_at).timestamp()
 
 
 @dataclass(frozen=True)

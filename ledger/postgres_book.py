@@ -42,7 +42,8 @@ from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_payments import PostgresPayments
 from ledger.postgres_postings import text_times as _text_times
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
-from ledger.rows import key_record, settled_usage, transfer_record
+from ledger.rows import allowed_models_json, key_record, settled_usage, transfer_record
+from ledger.times import parse_utc
 from ledger.totals import TOTALS_SQL
 
 T = TypeVar("T")
@@ -242,11 +243,12 @@ class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPaymen
         async def run(conn: asyncpg.Connection) -> None:
             # Keys belong to wallets only: the foreign key alone would accept sys:revenue.
             status = await conn.execute(
-                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id)"
-                " SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS"
+                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models)"
+                " SELECT $1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9 WHERE EXISTS"
                 " (SELECT 1 FROM mw_accounts WHERE id = $4 AND kind = 'wallet') AND ($7::text IS NULL OR EXISTS"
                 " (SELECT 1 FROM mw_members WHERE id = $7 AND wallet_id = $4 AND status = 'active'))",
                 key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id,
+                None if key.expires_at is None else parse_utc(key.expires_at), allowed_models_json(key),
             )
             if status != "INSERT 0 1":
                 raise UnknownAccount(f"no wallet {key.wallet_id!r}" if key.member_id is None else

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ledger.book import ApiKeyRecord, Payee, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
+from ledger.times import parse_utc, utc_text
 
 # mw_usage's plain columns; payees is JSON (TEXT on SQLite, jsonb on Postgres).
 # caps are the hold's, not the row's: the cap rows (mw_spend_caps) keep the sums.
@@ -35,6 +36,10 @@ def settled_usage(row: Mapping[str, Any]) -> SettledUsage:
     return SettledUsage(record, row["charged_nusd"], row["shortfall_nusd"], str(row["created_at"]))
 
 
+def allowed_models_json(key: ApiKeyRecord) -> str | None:
+    return None if key.allowed_models is None else json.dumps(list(key.allowed_models))
+
+
 def key_record(row: Mapping[str, Any]) -> ApiKeyRecord:
     return ApiKeyRecord(
         key_id=row["id"],
@@ -47,4 +52,6 @@ def key_record(row: Mapping[str, Any]) -> ApiKeyRecord:
         revoked_at=None if row["revoked_at"] is None else str(row["revoked_at"]),
         member_id=row.get("member_id"),
         member_limit_nusd=row.get("member_limit_nusd"),
+        expires_at=None if row.get("expires_at") is None else utc_text(parse_utc(str(row["expires_at"]))),
+        allowed_models=None if row.get("allowed_models") is None else tuple(json.loads(row["allowed_models"])),
     )

@@ -34,7 +34,7 @@ from ledger.book import (
 )
 from ledger.cap_settle import settled_cap_spend, with_caps
 from ledger.errors import AccountExists, LedgerFailure, LedgerUnavailable, UnknownAccount
-from ledger.rows import key_record, settled_usage, transfer_record
+from ledger.rows import allowed_models_json, key_record, settled_usage, transfer_record
 from ledger.sqlite_history import SqliteHistory
 from ledger.sqlite_lots import SqliteLots
 from ledger.sqlite_owners import SqliteOwners, add_to_caps
@@ -184,8 +184,10 @@ class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments):
                     (key.member_id, key.wallet_id)).fetchone() is None:
                 raise UnknownAccount(f"no active member {key.member_id!r} in wallet {key.wallet_id!r}")
             conn.execute(
-                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id),
+                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id, key.expires_at,
+                 allowed_models_json(key)),
             )
 
         await self._run(create)

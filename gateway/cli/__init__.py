@@ -157,6 +157,9 @@ def _add_key_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--wallet", required=True, help="the wallet the key spends from")
     create.add_argument("--name", help="a label for people")
     create.add_argument("--bot", help="a label recorded on every usage row of this key")
+    create.add_argument("--expires-at", help="when the key stops working: ISO 8601 with a timezone, e.g. 2027-01-01T00:00:00Z")
+    create.add_argument("--model", action="append", dest="models", metavar="MODEL",
+                        help="a model the key may call (repeat for several); default: every model served")
     create.set_defaults(run=_sync(keys_create))
     listing = _command(keys, "list", "list keys (never their secrets)", parents=[common])
     listing.add_argument("--wallet", help="only this wallet's keys")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from config.settings import Settings
+from ledger.times import utc_text
 
 
 async def keys_create(ops: Any, settings: Settings, args: argparse.Namespace) -> int:
-    new, record = await ops.create_key(args.wallet, args.name, args.bot)
+    expires_at, models = _limits(args, settings)
+    new, record = await ops.create_key(args.wallet, args.name, args.bot, expires_at=expires_at, allowed_models=models)
     print(f"id:     {record.key_id}\nwallet: {record.wallet_id}\nkey:    {new.secret}")
+    if expires_at or models:
+        print(f"limits: expires {expires_at or 'never'}; models {', '.join(models) if models else 'all'}")
     print("Store the key now: it is shown only once.", file=sys.stderr)
     return 0
 
@@ -29,3 +34,22 @@ async def keys_revoke(ops: Any, settings: Settings, args: argparse.Namespace) ->
         return 1
     print(f"revoked {args.key_id} (other running gateways drop it within {settings.limits.key_cache_ttl_s:g} s)")
     return 0
+
+
+def _limits(args: argparse.Namespace, settings: Settings) -> tuple[str | None, tuple[str, ...] | None]:
+    """--expires-at and --model, checked as the APIs check them (a ValueError is exit 1 with its message)."""
+    expires_at = None
+    if args.expires_at:
+        when = datetime.fromisoformat(args.expires_at)
+        if when.tzinfo is None:
+            raise ValueError("--expires-at needs a timezone, e.g. 2027-01-01T00:00:00Z")
+        if when <= datetime.now(UTC):
+            raise ValueError("--expires-at must be in the future")
+        expires_at = utc_text(when.astimezone(UTC))
+    models = None
+    if args.models:
+        unknown = sorted(set(args.models) - set(settings.models))
+        if unknown:
+            raise ValueError(f"unknown model {unknown[0]!r}: the models served are {', '.join(sorted(settings.models))}")
+        models = tuple(dict.fromkeys(args.models))
+    return expires_at, models

@@ -18,6 +18,7 @@ from gateway.errors import ApiError, invalid_request, not_found
 from gateway.http import admin_models as inputs
 from gateway.http.auth import bearer_matches
 from gateway.http.bodies import Refused, json_body, valid
+from gateway.http.key_limits import key_limits, limits_json
 from gateway.http.responses import error_response
 from gateway.http.state import STATE
 from gateway.money.operations import Operations, new_credit_id
@@ -135,9 +136,12 @@ async def create_org(request: web.Request, ops: Operations) -> web.Response:
 
 async def create_key(request: web.Request, ops: Operations) -> web.Response:
     payload = valid(inputs.CreateKey, await json_body(request))
-    new, record = await ops.create_key(payload.wallet, payload.name, payload.bot)
+    expires_at, models = key_limits(payload, request.app[STATE].routes)
+    new, record = await ops.create_key(payload.wallet, payload.name, payload.bot, expires_at=expires_at,
+                                       allowed_models=models)
     return web.json_response({"id": record.key_id, "key": new.secret, "prefix": record.prefix,
-                              "wallet": record.wallet_id, "name": record.name, "bot": record.bot}, status=201)
+                              "wallet": record.wallet_id, "name": record.name, "bot": record.bot,
+                              **limits_json(record.expires_at, record.allowed_models)}, status=201)
 
 
 async def list_keys(request: web.Request, ops: Operations) -> web.Response:
@@ -145,7 +149,8 @@ async def list_keys(request: web.Request, ops: Operations) -> web.Response:
     keys = await ops.book.list_keys(query.wallet)
     return web.json_response({"data": [
         {"id": k.key_id, "prefix": k.prefix, "wallet": k.wallet_id, "name": k.name, "bot": k.bot,
-         "created_at": k.created_at, "revoked_at": k.revoked_at} for k in keys]})
+         "created_at": k.created_at, "revoked_at": k.revoked_at, **limits_json(k.expires_at, k.allowed_models)}
+        for k in keys]})
 
 
 async def revoke_key(request: web.Request, ops: Operations) -> web.Response:

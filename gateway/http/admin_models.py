@@ -9,9 +9,10 @@ A failed validation becomes one OpenAI-shaped 400 naming the first bad field.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from gateway.errors import ApiError, invalid_request
 from ledger.book import WALLET_ID_PATTERN
@@ -55,7 +56,25 @@ class Credit(AdminInput):
     memo: Memo | None = None
 
 
-class CreateKey(AdminInput):
+MODELS_PER_KEY_MAX = 100
+ModelName = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
+
+
+class KeyLimitsInput(AdminInput):
+    """An inference key's limits (gateway/http/key_limits.py checks them against what is served)."""
+
+    expires_at: datetime | None = Field(None, strict=False)  # ISO 8601 with a timezone
+    models: list[ModelName] | None = Field(None, min_length=1, max_length=MODELS_PER_KEY_MAX)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("a time needs a timezone, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+
+class CreateKey(KeyLimitsInput):
     wallet: WalletId
     name: Name | None = None
     bot: Name | None = None

@@ -15,6 +15,7 @@ from gateway.errors import not_found
 from gateway.http import api_models as inputs
 from gateway.http.api_base import Caller, api, money
 from gateway.http.bodies import Refused, json_body, valid
+from gateway.http.key_limits import key_limits, limits_json
 from gateway.http.state import STATE
 from gateway.money.operations import Operations
 from gateway.money.roles import Permission
@@ -43,7 +44,7 @@ def _spend(spend: Spend | None, caller: Caller) -> dict[str, Any]:
 
 def key_json(key: ApiKeyRecord, caller: Caller, today: dict[str, Spend], month: dict[str, Spend]) -> dict[str, Any]:
     return {"id": key.key_id, "prefix": key.prefix, "name": key.name, "bot": key.bot, "member_id": key.member_id,
-            "created_at": key.created_at, "revoked_at": key.revoked_at,
+            "created_at": key.created_at, "revoked_at": key.revoked_at, **limits_json(key.expires_at, key.allowed_models),
             "spend": {"today": _spend(today.get(key.key_id), caller), "month": _spend(month.get(key.key_id), caller)}}
 
 
@@ -56,8 +57,9 @@ async def list_keys(request: web.Request, caller: Caller) -> web.Response:
 async def create_key(request: web.Request, caller: Caller) -> web.Response:
     body = valid(inputs.CreateKey, await json_body(request))
     state = request.app[STATE]
-    new, record = await Operations(state.book, state.holds).create_key(caller.wallet_id, body.name, body.bot,
-                                                                       member_id=caller.member_id)
+    expires_at, models = key_limits(body, state.routes)
+    new, record = await Operations(state.book, state.holds).create_key(
+        caller.wallet_id, body.name, body.bot, member_id=caller.member_id, expires_at=expires_at, allowed_models=models)
     out = key_json(record, caller, {}, {})
     out["key"] = new.secret
     return web.json_response(out, status=201)

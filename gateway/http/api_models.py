@@ -10,7 +10,7 @@ from datetime import datetime
 
 from pydantic import Field, field_validator
 
-from gateway.http.admin_models import AdminInput, Identifier, Name, UsdAmount, parse
+from gateway.http.admin_models import AdminInput, Identifier, KeyLimitsInput, Name, UsdAmount, parse
 from ledger.history import ENTRIES_LIMIT_MAX
 from ledger.owners import Role
 
@@ -52,7 +52,7 @@ class WalletSettingsPatch(ApiInput):
     low_balance_threshold: UsdAmount | None
 
 
-class CreateKey(ApiInput):
+class CreateKey(KeyLimitsInput):
     name: Name | None = None
     bot: Name | None = None
 

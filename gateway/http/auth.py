@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 from pydantic import SecretStr
 
-from gateway.errors import ApiError, invalid_api_key
+from gateway.errors import ApiError, invalid_api_key, key_expired
 from gateway.http.responses import refusal_error
 from gateway.money.billing import Refusal, Refused
 from gateway.money.keys import hash_secret, looks_like_key
@@ -89,4 +89,6 @@ async def authenticate(cache: KeyCache, authorization: str | None) -> ApiKeyReco
         return invalid_api_key()
     if not record.active:
         return invalid_api_key("This API key has been revoked.")
+    if record.expires_at is not None and time.time() >= record.expires_epoch:
+        return key_expired(record.expires_at)
     return record

@@ -19,7 +19,9 @@ async def list_models(request: web.Request) -> web.Response:
     key = await authenticate(state.keys, request.headers.get("Authorization"))
     if isinstance(key, ApiError):
         return error_response(key)
-    data = [_model_object(name, route.provider_name) for name, route in sorted(state.routes.items())]
+    # A key kept to some models sees only those, as OpenAI lists only what a key may use.
+    data = [_model_object(name, route.provider_name) for name, route in sorted(state.routes.items())
+            if key.allowed_models is None or name in key.allowed_models]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -31,7 +33,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
         return error_response(key)
     name = request.match_info["model"]
     route = state.routes.get(name)
-    if route is None:
+    if route is None or (key.allowed_models is not None and name not in key.allowed_models):
         return error_response(errors.model_not_found(name))
     return web.json_response(_model_object(name, route.provider_name))
 

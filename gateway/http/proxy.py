@@ -116,6 +116,8 @@ class Proxy:
         route = self._routes.get(model_name)
         if route is None or route.model.kind != endpoint:
             return errors.model_not_found(model_name)
+        if key.allowed_models is not None and model_name not in key.allowed_models:
+            return errors.model_not_allowed(model_name)
         valid = openai.validate(endpoint, payload, route.model)
         if isinstance(valid, ApiError):
             return valid

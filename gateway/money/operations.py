@@ -93,11 +93,13 @@ class Operations:
         return await self.book.transfers_of(wallet_id, limit)
 
     async def create_key(self, wallet_id: str, name: str | None = None, bot: str | None = None,
-                         member_id: str | None = None) -> tuple[NewKey, ApiKeyRecord]:
+                         member_id: str | None = None, expires_at: str | None = None,
+                         allowed_models: tuple[str, ...] | None = None) -> tuple[NewKey, ApiKeyRecord]:
         """A new inference key, shown once; a member's key counts against the member's monthly limit."""
         await self._wallet(wallet_id)  # refuses system accounts and unknown wallets
         new = generate_key()
-        record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot, member_id=member_id)
+        record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot, member_id=member_id,
+                              expires_at=expires_at, allowed_models=allowed_models)
         await self.book.create_key(record)
         return new, record
 
