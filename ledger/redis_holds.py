@@ -31,8 +31,10 @@ from ledger.holds import (
     ReserveResult,
     ReserveStatus,
     WalletHolds,
+    cap_account,
     check_amount,
     check_balance,
+    check_caps,
     check_hold_id,
     check_limit,
     check_settlement,
@@ -127,13 +129,18 @@ class RedisHolds:
         """
         return await self._recovery.check_generation()
 
-    async def reserve(self, wallet_id: str, hold_id: str, amount_nusd: int, ttl_s: float) -> ReserveResult:
+    async def reserve(self, wallet_id: str, hold_id: str, amount_nusd: int, ttl_s: float,
+                      caps: Sequence[str] = ()) -> ReserveResult:
         check_wallet_id(wallet_id)
         check_hold_id(hold_id)
         check_amount(amount_nusd)
         check_ttl(ttl_s)
-        keys = [*self._keys.wallet(wallet_id), self._keys.expiry_index, self._keys.generation]
-        args = [wallet_id, hold_id, str(amount_nusd), str(ttl_ms(ttl_s))]
+        check_caps(wallet_id, caps)
+        accounts = [wallet_id, *(cap_account(wallet_id, cap_id) for cap_id in caps)]
+        keys = [self._keys.expiry_index, self._keys.generation]
+        for account_id in accounts:
+            keys += self._keys.wallet(account_id)
+        head = [hold_id, str(amount_nusd), str(ttl_ms(ttl_s))]
         # Only a data loss makes this loop turn: bounded by the grace plus a few round trips.
         deadline = time.monotonic() + self._grace_s + 2 * self._timeout_s
         while True:
@@ -141,12 +148,14 @@ class RedisHolds:
             if generation is None or self._recovery.must_recover():
                 await self._recovery.recover()  # holds of this process first, then new ones
                 continue
-            reply = await self._batcher.run(self._scripts.reserve, keys, [*args, generation, self._grace_ms])
-            code = _reserve_code(reply)
+            reply = await self._batcher.run(self._scripts.reserve, keys,
+                                            [*head, generation, self._grace_ms, *accounts])
+            code = _reserve_code(reply, len(accounts))
             if code == ReserveReply.RESERVED:
-                self._recovery.remember(wallet_id, hold_id, amount_nusd, ttl_s, generation)
+                for account_id in accounts:
+                    self._recovery.remember(account_id, hold_id, amount_nusd, ttl_s, generation)
             if code in _DECIDED:
-                return _reserve_result(code, reply, amount_nusd)
+                return _reserve_result(code, reply, amount_nusd, caps)
             if time.monotonic() >= deadline:
                 raise HoldStoreUnavailable("Redis lost its data and the hold store is still recovering")
             if code == ReserveReply.GENERATION_CHANGED:
@@ -234,27 +243,31 @@ class RedisHolds:
 
 # How many elements each RESERVE reply has, by its code.
 _RESERVE_REPLY_LENGTH = {
-    ReserveReply.WALLET_UNKNOWN: 1,
+    ReserveReply.WALLET_UNKNOWN: 2,
     ReserveReply.RESERVED: 3,
-    ReserveReply.INSUFFICIENT: 3,
+    ReserveReply.INSUFFICIENT: 4,
     ReserveReply.GENERATION_CHANGED: 1,
     ReserveReply.GRACE_WAIT: 2,
 }
 
 
-def _reserve_code(reply: Any) -> ReserveReply:
+def _reserve_code(reply: Any, accounts: int = 1) -> ReserveReply:
     assert int(reply[0]) in _RESERVE_REPLY_LENGTH, reply
     code = ReserveReply(int(reply[0]))
     assert len(reply) == _RESERVE_REPLY_LENGTH[code], reply
     if code == ReserveReply.GRACE_WAIT:
         assert int(reply[1]) > 0, reply  # the script answers "wait" only while now < ready
+    if code in (ReserveReply.WALLET_UNKNOWN, ReserveReply.INSUFFICIENT):
+        assert 1 <= int(reply[-1]) <= accounts, reply  # which account: one that was asked about
     return code
 
 
-def _reserve_result(code: ReserveReply, reply: Any, amount_nusd: int) -> ReserveResult:
+def _reserve_result(code: ReserveReply, reply: Any, amount_nusd: int, caps: Sequence[str] = ()) -> ReserveResult:
     """The decision in a RESERVED / INSUFFICIENT / WALLET_UNKNOWN reply."""
+    # Account 1 is the wallet (cap_id None), account i > 1 is caps[i - 2].
+    cap_id = None if code == ReserveReply.RESERVED or int(reply[-1]) == 1 else caps[int(reply[-1]) - 2]
     if code == ReserveReply.WALLET_UNKNOWN:
-        return ReserveResult(ReserveStatus.WALLET_UNKNOWN, 0)
+        return ReserveResult(ReserveStatus.WALLET_UNKNOWN, 0, cap_id)
     balance_nusd, held_nusd = int(reply[1]), int(reply[2])
     assert -NUSD_LIMIT < balance_nusd < NUSD_LIMIT, reply  # only check_balance()d balances are stored
     available_nusd = balance_nusd - held_nusd
@@ -266,7 +279,7 @@ def _reserve_result(code: ReserveReply, reply: Any, amount_nusd: int) -> Reserve
     else:
         # Refused: the decision the script made, and nothing was taken.
         assert held_nusd >= 0 and available_nusd < amount_nusd, reply
-    return ReserveResult(_DECIDED[code], available_nusd)
+    return ReserveResult(_DECIDED[code], available_nusd, cap_id)
 
 
 def _released(reply: Any) -> bool:

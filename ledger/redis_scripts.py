@@ -6,6 +6,7 @@ of one wallet's keys in the same cluster slot:
     P:{w:W}:wallet   hash   balance, version, held   (the versioned mirror)
     P:{w:W}:holds    hash   hold_id -> amount_nusd
     P:{w:W}:exp      zset   hold_id scored by expiry (server ms)
+    P:{w:W}:c:C:*    the same three keys for cap C of wallet W (account "W\\x1eC")
     P:expiry         zset   "W\\x1fhold_id" scored by expiry (server ms)
     P:generation     hash   id, born_ms   (see ledger/redis_recovery.py)
 
@@ -40,7 +41,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.holds import ID_SEPARATOR, RESERVE_EXPIRE_BATCH, RESERVE_EXPIRE_MAX
+from ledger.holds import CAP_SEPARATOR, ID_SEPARATOR, RESERVE_EXPIRE_BATCH, RESERVE_EXPIRE_MAX
 
 # Shared Lua helpers, prepended to every script. Raw string: '\31' is Lua's
 # decimal escape for the \x1f separator and must reach Lua unchanged.
@@ -74,6 +75,14 @@ local function release_due(wkey, hkey, ekey, gkey, wid, now, limit)
   return #due
 end
 
+-- The key base of an account: a wallet W, or a cap C of wallet W ("W\30C",
+-- kept under W's hash tag). RedisKeys.wallet() is the same rule in Python.
+local function account_base(prefix, wid)
+  local sep = string.find(wid, '\30', 1, true)
+  if not sep then return prefix .. ':{w:' .. wid .. '}:' end
+  return prefix .. ':{w:' .. string.sub(wid, 1, sep - 1) .. '}:c:' .. string.sub(wid, sep + 1) .. ':'
+end
+
 -- Version rule: accept (balance, version) if the mirror is absent or the
 -- version is strictly newer. Returns 1 if applied.
 local function apply_mirror(wkey, balance, version)
@@ -85,44 +94,58 @@ local function apply_mirror(wkey, balance, version)
 end
 """
 
-# KEYS: wallet, holds, exp, global index, generation.
-# ARGV: wallet_id, hold_id, amount, ttl_ms, generation id, grace_ms.
-# Returns {3} if the generation is not ARGV[5] (data lost: recover first),
-# {4, ms} if it is younger than the grace (wait ms, retry), {0} if the wallet is
-# not mirrored (no balance; re-registered holds alone do not count), else
-# {1 reserved | 2 insufficient, balance, held}.
+# KEYS: global index, generation, then wallet, holds, exp of each account: the
+# wallet first, then its caps (all under the wallet's hash tag).
+# ARGV: hold_id, amount, ttl_ms, generation id, grace_ms, then each account's id.
+# Returns {3} if the generation is not ARGV[4] (data lost: recover first),
+# {4, ms} if it is younger than the grace (wait ms, retry), {0, i} if account i
+# is not mirrored (no balance; re-registered holds alone do not count),
+# {2, balance, held, i} if account i cannot cover the amount, else
+# {1, balance, held} of the wallet: the hold is on every account. Nothing is
+# taken unless every account can cover it.
 RESERVE = (
     PRELUDE
     + r"""
-local wkey, hkey, ekey, gkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local wid, hid, amount = ARGV[1], ARGV[2], ARGV[3]
-local ttl = tonumber(ARGV[4])
-local gen = redis.call('HMGET', KEYS[5], 'id', 'born_ms')
-if gen[1] ~= ARGV[5] then return {3} end
+local gkey, hid, amount = KEYS[1], ARGV[1], ARGV[2]
+local ttl = tonumber(ARGV[3])
+local gen = redis.call('HMGET', KEYS[2], 'id', 'born_ms')
+if gen[1] ~= ARGV[4] then return {3} end
 local now = now_ms()
-local ready = tonumber(gen[2]) + tonumber(ARGV[6])
+local ready = tonumber(gen[2]) + tonumber(ARGV[5])
 if now < ready then return {4, ready - now} end
-if redis.call('HEXISTS', wkey, 'balance') == 0 then return {0} end
-local exp = redis.call('ZSCORE', ekey, hid)
-if exp and tonumber(exp) <= now then
-  release(wkey, hkey, ekey, gkey, wid, hid)  -- an expired hold id is reserved afresh
-end
-local s
-if release_due(wkey, hkey, ekey, gkey, wid, now, @BATCH@) == @BATCH@ then
+local fresh = {}
+local wallet
+for i = 1, #ARGV - 5 do
+  local wkey, hkey, ekey, wid = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[5 + i]
+  if redis.call('HEXISTS', wkey, 'balance') == 0 then return {0, i} end
+  local exp = redis.call('ZSCORE', ekey, hid)
+  if exp and tonumber(exp) <= now then
+    release(wkey, hkey, ekey, gkey, wid, hid)  -- an expired hold id is reserved afresh
+  end
+  local s
+  if release_due(wkey, hkey, ekey, gkey, wid, now, @BATCH@) == @BATCH@ then
+    s = redis.call('HMGET', wkey, 'balance', 'held')
+    if tonumber(s[1]) - tonumber(s[2]) < tonumber(amount) then
+      release_due(wkey, hkey, ekey, gkey, wid, now, @MORE@)
+    end
+  end
   s = redis.call('HMGET', wkey, 'balance', 'held')
-  if tonumber(s[1]) - tonumber(s[2]) < tonumber(amount) then
-    release_due(wkey, hkey, ekey, gkey, wid, now, @MORE@)
+  if i == 1 then wallet = s end
+  if redis.call('HEXISTS', hkey, hid) == 0 then
+    if tonumber(s[1]) - tonumber(s[2]) < tonumber(amount) then return {2, s[1], s[2], i} end
+    fresh[#fresh + 1] = i
   end
 end
-s = redis.call('HMGET', wkey, 'balance', 'held')
-if redis.call('HEXISTS', hkey, hid) == 1 then return {1, s[1], s[2]} end
-if tonumber(s[1]) - tonumber(s[2]) < tonumber(amount) then return {2, s[1], s[2]} end
 local expiry = now + ttl
-redis.call('HSET', hkey, hid, amount)
-redis.call('ZADD', ekey, expiry, hid)
-redis.call('ZADD', gkey, expiry, wid .. '\31' .. hid)
-local held = redis.call('HINCRBY', wkey, 'held', amount)
-return {1, s[1], held}
+for _, i in ipairs(fresh) do
+  local wkey, hkey, ekey, wid = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2], ARGV[5 + i]
+  redis.call('HSET', hkey, hid, amount)
+  redis.call('ZADD', ekey, expiry, hid)
+  redis.call('ZADD', gkey, expiry, wid .. '\31' .. hid)
+  local held = redis.call('HINCRBY', wkey, 'held', amount)
+  if i == 1 then wallet[2] = held end
+end
+return {1, wallet[1], wallet[2]}
 """.replace("@BATCH@", str(RESERVE_EXPIRE_BATCH)).replace("@MORE@", str(RESERVE_EXPIRE_MAX - RESERVE_EXPIRE_BATCH))
 )
 
@@ -171,7 +194,7 @@ for _, m in ipairs(due) do
   if sep then
     wid = string.sub(m, 1, sep - 1)
     hid = string.sub(m, sep + 1)
-    local base = prefix .. ':{w:' .. wid .. '}:'
+    local base = account_base(prefix, wid)
     amt = release(base .. 'wallet', base .. 'holds', base .. 'exp', gkey, wid, hid)
   end
   if amt then
@@ -239,11 +262,11 @@ def text(value: bytes | str) -> str:
 class ReserveReply(enum.IntEnum):
     """The first element of the RESERVE script's reply."""
 
-    # The wallet has no mirrored balance: the caller syncs it from the book.
+    # {0, i}: account i (1: the wallet, then its caps) has no mirrored balance: the caller syncs it from the book.
     WALLET_UNKNOWN = 0
-    # {1, balance, held}: the hold is taken (or already existed).
+    # {1, balance, held}: the hold is taken on every account (or already existed); the wallet's figures.
     RESERVED = 1
-    # {2, balance, held}: balance - held < amount; nothing was changed.
+    # {2, balance, held, i}: account i's balance - held < amount; nothing was taken.
     INSUFFICIENT = 2
     # {3}: the generation is not the caller's: Redis lost its data, recover first.
     GENERATION_CHANGED = 3
@@ -269,9 +292,10 @@ class RedisKeys:
             raise ValueError(f"prefix must be non-empty and free of braces: {self.prefix!r}")
 
     def wallet(self, wallet_id: str) -> list[str]:
-        """[wallet hash, holds hash, per-wallet expiry zset] of one wallet."""
+        """[wallet hash, holds hash, per-wallet expiry zset] of one account: a wallet, or a cap under its wallet's tag."""
         assert ID_SEPARATOR not in wallet_id  # the global index could not split it back
-        base = f"{self.prefix}:{{w:{wallet_id}}}:"
+        wallet, _, cap = wallet_id.partition(CAP_SEPARATOR)
+        base = f"{self.prefix}:{{w:{wallet}}}:" + (f"c:{cap}:" if cap else "")
         return [base + "wallet", base + "holds", base + "exp"]
 
     @property

@@ -22,11 +22,11 @@ from ledger.holds import (
     TTL_MAX_S,
     HoldSettlement,
     HoldStore,
-    InProcessHolds,
     ReserveResult,
     ReserveStatus,
     WalletHolds,
 )
+from ledger.inprocess_holds import InProcessHolds
 from ledger.redis_batching import ScriptBatcher
 from ledger.redis_holds import RedisHolds, _released, _reserve_code, _reserve_result
 from ledger.redis_scripts import RedisKeys, ReserveReply
@@ -181,14 +181,14 @@ async def test_redis_replies_outside_the_contract_are_caught() -> None:
 
 def test_reserve_reply_shapes() -> None:
     assert _reserve_code([1, b"100", b"10"]) == ReserveReply.RESERVED
-    assert _reserve_code([0]) == ReserveReply.WALLET_UNKNOWN
+    assert _reserve_code([0, 1]) == ReserveReply.WALLET_UNKNOWN
     assert _reserve_code([4, 250]) == ReserveReply.GRACE_WAIT
-    for bad in ([7], [1, b"100"], [0, b"1"], [2], [3, 1], [4, 0], [4]):
+    for bad in ([7], [1, b"100"], [0], [0, 2], [2, b"1", b"0", 3], [2], [3, 1], [4, 0], [4]):
         with pytest.raises(AssertionError):
             _reserve_code(bad)
-    assert _reserve_result(ReserveReply.INSUFFICIENT, [2, b"100", b"10"], 91) == ReserveResult(INSUFFICIENT, 90)
+    assert _reserve_result(ReserveReply.INSUFFICIENT, [2, b"100", b"10", 1], 91) == ReserveResult(INSUFFICIENT, 90)
     with pytest.raises(AssertionError):  # "insufficient" although 90 would cover 90
-        _reserve_result(ReserveReply.INSUFFICIENT, [2, b"100", b"10"], 90)
+        _reserve_result(ReserveReply.INSUFFICIENT, [2, b"100", b"10", 1], 90)
     assert _released(1) is True and _released(b"0") is False
     with pytest.raises(AssertionError):
         _released(2)

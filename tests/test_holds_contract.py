@@ -24,11 +24,11 @@ from ledger.holds import (
     ExpiredHold,
     HoldStore,
     HoldStoreUnavailable,
-    InProcessHolds,
     ReserveResult,
     ReserveStatus,
     WalletHolds,
 )
+from ledger.inprocess_holds import InProcessHolds
 from ledger.redis_holds import RedisHolds
 
 RESERVED, INSUFFICIENT, UNKNOWN = ReserveStatus.RESERVED, ReserveStatus.INSUFFICIENT, ReserveStatus.WALLET_UNKNOWN

@@ -25,7 +25,8 @@ from gateway.money.settlement import SettleLimits, Settler
 from ledger.book import REVENUE_ACCOUNT, SettleResult, TransferOutcome, UsageRecord, check_invariants
 from ledger.caps import UNLIMITED_NUSD
 from ledger.history import EntryQuery
-from ledger.holds import HoldStore, InProcessHolds
+from ledger.holds import HoldStore
+from ledger.inprocess_holds import InProcessHolds
 from ledger.owners import ManagementKeyRecord, Member, MemberStatus, Role
 from ledger.redis_holds import RedisHolds
 from ledger.store import LedgerStore

@@ -34,7 +34,7 @@ from ledger.book import (
     check_invariants,
 )
 from ledger.errors import NotAWallet, UnknownAccount
-from ledger.holds import InProcessHolds
+from ledger.inprocess_holds import InProcessHolds
 from ledger.money import parse_usd
 from ledger.postgres_book import PostgresBook
 from tests.conftest import pg_schema

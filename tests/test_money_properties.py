@@ -23,7 +23,8 @@ from gateway.money.operations import Operations
 from gateway.money.settlement import SettleLimits, Settler
 from gateway.money.sweeper import sweep_once
 from ledger.book import Book, Payee, UsageRecord, check_invariants
-from ledger.holds import HoldStore, InProcessHolds
+from ledger.holds import HoldStore
+from ledger.inprocess_holds import InProcessHolds
 from tests.conftest import REDIS_TEST_URL, pg_schema
 
 WALLETS = ("a", "b")

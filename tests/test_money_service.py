@@ -16,7 +16,7 @@ from gateway.money.journal import Journal
 from gateway.money.operations import Operations
 from gateway.money.settlement import SettleLimits, Settler
 from ledger.book import REVENUE_ACCOUNT, Book, Payee, SettleResult, check_invariants
-from ledger.holds import InProcessHolds
+from ledger.inprocess_holds import InProcessHolds
 from tests.test_money_properties import record
 
 LIMITS = SettleLimits(batch_max=8, queue_max=100, retry_max=0, retry_delay_s=0)

@@ -6,7 +6,8 @@ import asyncio
 
 from gateway.metrics import Metrics
 from gateway.money.sweeper import sweep_forever
-from ledger.holds import ExpiredHold, InProcessHolds, ReserveStatus
+from ledger.holds import ExpiredHold, ReserveStatus
+from ledger.inprocess_holds import InProcessHolds
 
 
 class Clock:

@@ -20,7 +20,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from config.settings import Settings
 from ledger.book import Book
 from ledger.errors import LedgerError
-from ledger.holds import HoldStore, InProcessHolds
+from ledger.holds import HoldStore
+from ledger.inprocess_holds import InProcessHolds
 from ledger.store import LedgerStore
 
 log = logging.getLogger("meterway.backends")
