@@ -17,16 +17,14 @@ by construction, so every posting does too.
 from __future__ import annotations
 
 import enum
-import functools
-import math
 import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from ledger.api_keys import ApiKeyRecord as ApiKeyRecord  # re-exported: where keys were always found
 from ledger.caps import CapBalance
 from ledger.money import AMOUNT_NUSD_MAX
 
@@ -299,32 +297,6 @@ class SettledUsage:
     charged_nusd: int
     shortfall_nusd: int
     created_at: str
-
-
-@dataclass(frozen=True)
-class ApiKeyRecord:
-    key_id: str
-    secret_hash: str
-    prefix: str  # the first characters of the secret, safe to show
-    wallet_id: str
-    name: str | None
-    bot: str | None
-    created_at: str | None = None
-    revoked_at: str | None = None
-    # Its member (ledger/owners.py) and that member's monthly limit as read (key_by_hash joins it).
-    member_id: str | None = None
-    member_limit_nusd: int | None = None
-    expires_at: str | None = None  # ISO 8601 UTC; None: never (migration 0006)
-    allowed_models: tuple[str, ...] | None = None  # None: every model the gateway serves
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-    @functools.cached_property
-    def expires_epoch(self) -> float:
-        """expires_at as epoch seconds (inf: never), parsed once per cached record: it is checked per request."""
-        return math.inf if self.expires_at is None else datetime.fromisoformat(self.expires_at).timestamp()
 
 
 @dataclass(frozen=True)

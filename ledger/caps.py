@@ -8,23 +8,65 @@ a wallet: its "balance" is what the cap has left (limit - spent) and its
 version is the row's, so reserving against a cap is the same atomic check
 (remaining - active holds >= amount) across processes, with no new script.
 
-The first cap is a member's monthly limit: id ``member:<member id>:<YYYY-MM>``
-(UTC calendar month). A row is opened by the first request of its window; it
-starts from what the member's keys already cost in that window, so setting a
-limit mid-month counts the month's earlier spend. Caps of later issues (per
-bot, per key, per conversation) are more rows of the same table.
+Cap ids, one row per subject and window (UTC calendar days and months):
+
+    member:<member id>:<YYYY-MM>          a member's monthly limit
+    key:<key id>:total | :d:<YYYY-MM-DD> | :m:<YYYY-MM>     a key's own limits
+    bot:<bot id>:d:<YYYY-MM-DD> | :m:<YYYY-MM> | :c:<conversation id>
+
+A row is opened by the first request of its window (open_cap, a CapSpec); it
+starts from what its subject's requests already cost in that window, read
+from the usage rows, so a limit set mid-window counts the window's earlier
+spend, and a mirror lost with Redis is rebuilt from the rows. A conversation
+is known only by its requests' header, which usage rows do not keep: its row
+starts at 0 when the conversation is first seen under a cap.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ledger.money import AMOUNT_NUSD_MAX
 
 # What a cap without a limit has left: as much as any amount can be (exact in Redis's doubles).
 UNLIMITED_NUSD = AMOUNT_NUSD_MAX
 MEMBER_CAP_PREFIX = "member:"
+KEY_CAP_PREFIX = "key:"
+BOT_CAP_PREFIX = "bot:"
+
+
+class CapScope(enum.Enum):
+    """Whose requests a cap counts, and so which usage rows open its row."""
+
+    MEMBER = "member"  # the member's keys
+    KEY = "key"
+    BOT = "bot"  # the bot's keys
+    CONVERSATION = "conversation"  # one conversation of a bot: no usage rows to start from
+
+
+class Window(enum.Enum):
+    TOTAL = "total"  # all time
+    DAY = "day"  # a UTC calendar day
+    MONTH = "month"  # a UTC calendar month
+    CONVERSATION = "conversation"
+
+
+@dataclass(frozen=True)
+class CapSpec:
+    """One cap a request is held against: its row, whose usage it counts, its limit and window."""
+
+    cap_id: str
+    scope: CapScope
+    subject_id: str  # the member, key or bot id
+    window: Window
+    limit_nusd: int
+    since: datetime | None  # the window's first instant (None: all time, or a conversation)
+    until: datetime | None  # when it resets (None: never)
+
+    def __post_init__(self) -> None:
+        assert self.limit_nusd >= 0 and (self.since is None) == (self.until is None), self
 
 
 @dataclass(frozen=True)
@@ -72,3 +114,44 @@ def parse_member_cap_id(cap_id: str) -> tuple[str, str]:
         raise ValueError(f"not a member cap: {cap_id!r}")
     period_start(period)
     return member_id, period
+
+
+def day_period(now: datetime) -> str:
+    """The UTC calendar day a time falls in: '2026-11-24'."""
+    return now.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def day_start(period: str) -> datetime:
+    return datetime.strptime(period, "%Y-%m-%d").replace(tzinfo=UTC)
+
+
+def window_bounds(window: Window, now: datetime) -> tuple[str, datetime | None, datetime | None]:
+    """(the period in the cap id, since, until) of the window a time falls in."""
+    if window is Window.DAY:
+        day = day_period(now)
+        return day, day_start(day), day_start(day) + timedelta(days=1)
+    if window is Window.MONTH:
+        month = month_period(now)
+        return month, period_start(month), next_period_start(month)
+    return "", None, None
+
+
+def cap_spec(scope: CapScope, subject_id: str, window: Window, limit_nusd: int, now: datetime,
+             conversation_id: str | None = None) -> CapSpec:
+    """The cap of a subject in the window a time falls in (a conversation's for Window.CONVERSATION)."""
+    period, since, until = window_bounds(window, now)
+    if scope is CapScope.MEMBER:
+        cap_id = member_cap_id(subject_id, period)
+    elif window is Window.CONVERSATION:
+        assert scope is CapScope.CONVERSATION and conversation_id, (scope, conversation_id)
+        cap_id = f"{BOT_CAP_PREFIX}{subject_id}:c:{conversation_id}"
+    else:
+        prefix = KEY_CAP_PREFIX if scope is CapScope.KEY else BOT_CAP_PREFIX
+        cap_id = f"{prefix}{subject_id}:" + ("total" if window is Window.TOTAL else f"{window.value[0]}:{period}")
+    return CapSpec(cap_id, scope, subject_id, window, limit_nusd, since, until)
+
+
+def subject_prefix(scope: CapScope, subject_id: str) -> str:
+    """What every cap id of a key or a bot starts with: a limit change rewrites those rows."""
+    assert scope in (CapScope.KEY, CapScope.BOT), scope
+    return f"{KEY_CAP_PREFIX if scope is CapScope.KEY else BOT_CAP_PREFIX}{subject_id}:"

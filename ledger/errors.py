@@ -53,3 +53,15 @@ class LedgerUnavailable(LedgerError):
 
 class LedgerFailure(LedgerError):
     code = "ledger_failure"
+
+
+class BotExists(LedgerError):
+    """A wallet already has a live bot of that name."""
+
+    code = "bot_exists"
+
+
+class BotInUse(LedgerError):
+    """A bot with active keys cannot be deleted: revoke or move its keys first."""
+
+    code = "bot_in_use"

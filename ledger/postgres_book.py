@@ -36,13 +36,14 @@ from ledger.book import (
 )
 from ledger.cap_settle import settled_cap_spend, with_caps
 from ledger.errors import AccountExists, LedgerError, LedgerFailure, LedgerUnavailable, UnknownAccount
+from ledger.postgres_bots import PostgresBots
 from ledger.postgres_history import PostgresHistory
 from ledger.postgres_lots import PostgresLots
 from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_payments import PostgresPayments
 from ledger.postgres_postings import text_times as _text_times
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
-from ledger.rows import allowed_models_json, key_record, settled_usage, transfer_record
+from ledger.rows import KEY_SELECT, allowed_models_json, key_limit_values, key_record, settled_usage, transfer_record
 from ledger.times import parse_utc
 from ledger.totals import TOTALS_SQL
 
@@ -84,7 +85,7 @@ def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFail
 MIGRATION_LOCK_ID = 0x6D77_6D69
 
 
-class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments):
+class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments, PostgresBots):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
@@ -243,24 +244,27 @@ class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPaymen
         async def run(conn: asyncpg.Connection) -> None:
             # Keys belong to wallets only: the foreign key alone would accept sys:revenue.
             status = await conn.execute(
-                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models)"
-                " SELECT $1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9 WHERE EXISTS"
+                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models,"
+                " bot_id, total_limit_nusd, daily_limit_nusd, monthly_limit_nusd)"
+                " SELECT $1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9, $10, $11, $12, $13 WHERE EXISTS"
                 " (SELECT 1 FROM mw_accounts WHERE id = $4 AND kind = 'wallet') AND ($7::text IS NULL OR EXISTS"
-                " (SELECT 1 FROM mw_members WHERE id = $7 AND wallet_id = $4 AND status = 'active'))",
+                " (SELECT 1 FROM mw_members WHERE id = $7 AND wallet_id = $4 AND status = 'active'))"
+                " AND ($10::text IS NULL OR EXISTS"
+                " (SELECT 1 FROM mw_bots WHERE id = $10 AND wallet_id = $4 AND deleted_at IS NULL))",
                 key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id,
                 None if key.expires_at is None else parse_utc(key.expires_at), allowed_models_json(key),
+                *key_limit_values(key),
             )
             if status != "INSERT 0 1":
-                raise UnknownAccount(f"no wallet {key.wallet_id!r}" if key.member_id is None else
-                                     f"no wallet {key.wallet_id!r} with an active member {key.member_id!r}")
+                raise UnknownAccount(f"no wallet {key.wallet_id!r}" + (
+                    "" if key.member_id is None else f" with an active member {key.member_id!r}") + (
+                    "" if key.bot_id is None else f" with a bot {key.bot_id!r}"))
 
         await self._with(run)
 
     async def key_by_hash(self, secret_hash: str) -> ApiKeyRecord | None:
         async def run(conn: asyncpg.Connection) -> ApiKeyRecord | None:
-            row = await conn.fetchrow(
-                "SELECT k.*, m.monthly_limit_nusd AS member_limit_nusd FROM mw_keys k"
-                " LEFT JOIN mw_members m ON m.id = k.member_id WHERE k.secret_hash = $1", secret_hash)
+            row = await conn.fetchrow(f"{KEY_SELECT} WHERE k.secret_hash = $1", secret_hash)
             return None if row is None else key_record(_text_times(row))
 
         return await self._with(run)
@@ -268,7 +272,7 @@ class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPaymen
     async def list_keys(self, wallet_id: str | None = None) -> list[ApiKeyRecord]:
         async def run(conn: asyncpg.Connection) -> list[ApiKeyRecord]:
             rows = await conn.fetch(
-                "SELECT * FROM mw_keys WHERE $1::text IS NULL OR wallet_id = $1 ORDER BY created_at, id", wallet_id
+                f"{KEY_SELECT} WHERE $1::text IS NULL OR k.wallet_id = $1 ORDER BY k.created_at, k.id", wallet_id
             )
             return [key_record(_text_times(r)) for r in rows]
 

@@ -7,8 +7,17 @@ import operator
 from collections.abc import Mapping
 from typing import Any
 
-from ledger.book import ApiKeyRecord, Payee, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
+from ledger.api_keys import ApiKeyRecord, BotRule, SpendLimits
+from ledger.book import Payee, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
 from ledger.times import parse_utc, utc_text
+
+# A key with its member's limit and its live bot, as key_by_hash() reads it (the same SQL on both dialects).
+KEY_SELECT = (
+    "SELECT k.*, m.monthly_limit_nusd AS member_limit_nusd, b.id AS b_id, b.daily_cap_nusd AS b_daily_cap_nusd,"
+    " b.monthly_cap_nusd AS b_monthly_cap_nusd, b.conversation_cap_nusd AS b_conversation_cap_nusd,"
+    " b.friendly_message AS b_friendly_message FROM mw_keys k LEFT JOIN mw_members m ON m.id = k.member_id"
+    " LEFT JOIN mw_bots b ON b.id = k.bot_id AND b.deleted_at IS NULL"
+)
 
 # mw_usage's plain columns; payees is JSON (TEXT on SQLite, jsonb on Postgres).
 # caps are the hold's, not the row's: the cap rows (mw_spend_caps) keep the sums.
@@ -36,6 +45,12 @@ def settled_usage(row: Mapping[str, Any]) -> SettledUsage:
     return SettledUsage(record, row["charged_nusd"], row["shortfall_nusd"], str(row["created_at"]))
 
 
+def key_limit_values(key: ApiKeyRecord) -> tuple[str | None, int | None, int | None, int | None]:
+    """(bot_id, total, daily, monthly limit) as mw_keys stores them."""
+    limits = key.limits or SpendLimits()
+    return key.bot_id, limits.total_nusd, limits.day_nusd, limits.month_nusd
+
+
 def allowed_models_json(key: ApiKeyRecord) -> str | None:
     return None if key.allowed_models is None else json.dumps(list(key.allowed_models))
 
@@ -54,4 +69,21 @@ def key_record(row: Mapping[str, Any]) -> ApiKeyRecord:
         member_limit_nusd=row.get("member_limit_nusd"),
         expires_at=None if row.get("expires_at") is None else utc_text(parse_utc(str(row["expires_at"]))),
         allowed_models=None if row.get("allowed_models") is None else tuple(json.loads(row["allowed_models"])),
+        limits=key_limits(row),
+        bot_rule=bot_rule(row),
     )
+
+
+def key_limits(row: Mapping[str, Any]) -> SpendLimits | None:
+    limits = SpendLimits(total_nusd=row.get("total_limit_nusd"), day_nusd=row.get("daily_limit_nusd"),
+                         month_nusd=row.get("monthly_limit_nusd"))
+    return limits if limits.any else None
+
+
+def bot_rule(row: Mapping[str, Any]) -> BotRule | None:
+    """The bot joined as b_* columns by key_by_hash (None when the key has no live bot, or it was not joined)."""
+    if row.get("b_id") is None:
+        return None
+    caps = SpendLimits(day_nusd=row["b_daily_cap_nusd"], month_nusd=row["b_monthly_cap_nusd"],
+                       conversation_nusd=row["b_conversation_cap_nusd"])
+    return BotRule(row["b_id"], caps, row["b_friendly_message"])

@@ -34,7 +34,8 @@ from ledger.book import (
 )
 from ledger.cap_settle import settled_cap_spend, with_caps
 from ledger.errors import AccountExists, LedgerFailure, LedgerUnavailable, UnknownAccount
-from ledger.rows import allowed_models_json, key_record, settled_usage, transfer_record
+from ledger.rows import KEY_SELECT, allowed_models_json, key_limit_values, key_record, settled_usage, transfer_record
+from ledger.sqlite_bots import SqliteBots
 from ledger.sqlite_history import SqliteHistory
 from ledger.sqlite_lots import SqliteLots
 from ledger.sqlite_owners import SqliteOwners, add_to_caps
@@ -68,7 +69,7 @@ def classify(exc: sqlite3.Error) -> LedgerUnavailable | LedgerFailure:
     return LedgerFailure(f"SQLite refused the operation ({getattr(exc, 'sqlite_errorname', type(exc).__name__)}): {exc}")
 
 
-class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments):
+class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments, SqliteBots):
     def __init__(self, path: str) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-sqlite")
@@ -183,20 +184,22 @@ class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments):
                     "SELECT 1 FROM mw_members WHERE id = ? AND wallet_id = ? AND status = 'active'",
                     (key.member_id, key.wallet_id)).fetchone() is None:
                 raise UnknownAccount(f"no active member {key.member_id!r} in wallet {key.wallet_id!r}")
+            if key.bot_id is not None and conn.execute(
+                    "SELECT 1 FROM mw_bots WHERE id = ? AND wallet_id = ? AND deleted_at IS NULL",
+                    (key.bot_id, key.wallet_id)).fetchone() is None:
+                raise UnknownAccount(f"no bot {key.bot_id!r} in wallet {key.wallet_id!r}")
             conn.execute(
-                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models,"
+                " bot_id, total_limit_nusd, daily_limit_nusd, monthly_limit_nusd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id, key.expires_at,
-                 allowed_models_json(key)),
+                 allowed_models_json(key), *key_limit_values(key)),
             )
 
         await self._run(create)
 
     async def key_by_hash(self, secret_hash: str) -> ApiKeyRecord | None:
         def read(conn: sqlite3.Connection) -> ApiKeyRecord | None:
-            row = conn.execute(
-                "SELECT k.*, m.monthly_limit_nusd AS member_limit_nusd FROM mw_keys k"
-                " LEFT JOIN mw_members m ON m.id = k.member_id WHERE k.secret_hash = ?", (secret_hash,)).fetchone()
+            row = conn.execute(f"{KEY_SELECT} WHERE k.secret_hash = ?", (secret_hash,)).fetchone()
             return None if row is None else key_record(dict(row))
 
         return await self._run(read)
@@ -204,9 +207,10 @@ class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments):
     async def list_keys(self, wallet_id: str | None = None) -> list[ApiKeyRecord]:
         def read(conn: sqlite3.Connection) -> list[ApiKeyRecord]:
             if wallet_id is None:
-                rows = conn.execute("SELECT * FROM mw_keys ORDER BY created_at, id").fetchall()
+                rows = conn.execute(f"{KEY_SELECT} ORDER BY k.created_at, k.id").fetchall()
             else:
-                rows = conn.execute("SELECT * FROM mw_keys WHERE wallet_id = ? ORDER BY created_at, id", (wallet_id,)).fetchall()
+                rows = conn.execute(f"{KEY_SELECT} WHERE k.wallet_id = ? ORDER BY k.created_at, k.id",
+                                    (wallet_id,)).fetchall()
             return [key_record(dict(row)) for row in rows]
 
         return await self._run(read)

@@ -1,6 +1,7 @@
 """Everything one database holds, as one protocol: the book (money and keys), who owns
 each wallet (ledger/owners.py), what an owner reads (ledger/history.py), money paid in
-(ledger/payments.py) and credit that expires (ledger/lots.py).
+(ledger/payments.py), credit that expires (ledger/lots.py), and bots with
+their caps (ledger/bots.py).
 
 PostgresBook and SqliteBook implement all three; the gateway's state holds one.
 Kept apart from book.py so owners.py and history.py can import the book's values
@@ -12,11 +13,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from ledger.book import Book
+from ledger.bots import Bots
 from ledger.history import History
 from ledger.lots import CreditLots
 from ledger.owners import Owners
 from ledger.payments import Payments
 
 
-class LedgerStore(Book, Owners, History, Payments, CreditLots, Protocol):
-    """The book, its owners and their history, card payments and credit lots, in one database."""
+class LedgerStore(Book, Owners, History, Payments, CreditLots, Bots, Protocol):
+    """The book, its owners and their history, card payments, credit lots, bots and caps, in one database."""
