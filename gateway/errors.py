@@ -57,12 +57,18 @@ def insufficient_quota(available_usd: str, needed_usd: str) -> ApiError:
     )
 
 
-def budget_exceeded(cap: str, window: str, resets_at: str, available_usd: str, needed_usd: str) -> ApiError:
-    # 402 like an empty wallet, and never retried: waiting seconds will not reset a monthly cap.
+# How a refusal names a cap's window.
+WINDOW_PHRASES = {"day": "today (UTC)", "month": "this month (UTC)", "total": "in total",
+                  "conversation": "in this conversation"}
+
+
+def budget_exceeded(cap: str, window: str, resets_at: str | None, available_usd: str, needed_usd: str) -> ApiError:
+    # 402 like an empty wallet, and never retried: waiting seconds will not reset a daily or monthly cap.
+    resets = f"The limit resets at {resets_at}" if resets_at else "The limit does not reset"
     return ApiError(
         402,
-        f"Spending limit reached: the {cap} has ${available_usd} left this {window} and this request may cost up to"
-        f" ${needed_usd}. The limit resets at {resets_at}; an owner can raise it.",
+        f"Spending limit reached: the {cap} has ${available_usd} left {WINDOW_PHRASES[window]} and this request may"
+        f" cost up to ${needed_usd}. {resets}; an owner can raise it.",
         "insufficient_quota", "budget_exceeded", headers={"x-should-retry": "false"},
     )
 

@@ -56,7 +56,11 @@ class Bots(Protocol):
         ...
 
     async def open_cap(self, spec: CapSpec) -> CapBalance:
-        """The cap's row, opened from its usage if absent, its limit set to the spec's if it differs."""
+        """The cap's row, opened from its usage if absent, with the limit its member, key or bot has now.
+
+        The spec's own limit (as read with a possibly cached key) is not trusted:
+        the limit comes from where it is kept. No limit there: the row is unlimited.
+        """
         ...
 
     async def relimit_caps(self, prefix: str, limits: dict[str, int | None]) -> list[CapBalance]:

@@ -61,7 +61,7 @@ class CapSpec:
     scope: CapScope
     subject_id: str  # the member, key or bot id
     window: Window
-    limit_nusd: int
+    limit_nusd: int  # as read with the key; open_cap() takes the limit from where it is kept
     since: datetime | None  # the window's first instant (None: all time, or a conversation)
     until: datetime | None  # when it resets (None: never)
 

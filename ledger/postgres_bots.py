@@ -9,7 +9,7 @@ import asyncpg
 from ledger import owner_rows, rows
 from ledger.api_keys import ApiKeyRecord, SpendLimits
 from ledger.bots import RELIMIT_ROWS_MAX, Bot
-from ledger.caps import CapBalance, CapScope, CapSpec
+from ledger.caps import CapBalance, CapScope, CapSpec, Window
 from ledger.errors import BotExists, BotInUse, UnknownAccount
 from ledger.postgres_access import PostgresAccess
 from ledger.postgres_postings import text_times
@@ -21,6 +21,17 @@ _SPENT = {
     CapScope.KEY: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u WHERE u.key_id = $1",
     CapScope.BOT: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
                   " WHERE k.bot_id = $1",
+}
+# Where each cap's limit is kept (the cap row's limit is a copy, set from here when the row is opened).
+_LIMIT = {
+    (CapScope.MEMBER, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_members WHERE id = $1",
+    (CapScope.KEY, Window.TOTAL): "SELECT total_limit_nusd FROM mw_keys WHERE id = $1",
+    (CapScope.KEY, Window.DAY): "SELECT daily_limit_nusd FROM mw_keys WHERE id = $1",
+    (CapScope.KEY, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_keys WHERE id = $1",
+    (CapScope.BOT, Window.DAY): "SELECT daily_cap_nusd FROM mw_bots WHERE id = $1 AND deleted_at IS NULL",
+    (CapScope.BOT, Window.MONTH): "SELECT monthly_cap_nusd FROM mw_bots WHERE id = $1 AND deleted_at IS NULL",
+    (CapScope.CONVERSATION, Window.CONVERSATION):
+        "SELECT conversation_cap_nusd FROM mw_bots WHERE id = $1 AND deleted_at IS NULL",
 }
 _WINDOW = " AND ($2::timestamptz IS NULL OR u.created_at >= $2) AND ($3::timestamptz IS NULL OR u.created_at < $3)"
 
@@ -90,18 +101,19 @@ class PostgresBots(PostgresAccess):
 
     async def open_cap(self, spec: CapSpec) -> CapBalance:
         async def open_row(conn: asyncpg.Connection) -> CapBalance:
+            limit = await conn.fetchval(_LIMIT[(spec.scope, spec.window)], spec.subject_id)
             found = await conn.fetchrow("SELECT * FROM mw_spend_caps WHERE id = $1 FOR UPDATE", spec.cap_id)
             if found is None:
                 spent = await _spent(conn, spec)
                 found = await conn.fetchrow(
                     "INSERT INTO mw_spend_caps (id, limit_nusd, spent_nusd, version) VALUES ($1, $2, $3, 1)"
-                    " ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING *", spec.cap_id, spec.limit_nusd, spent)
-            elif found["limit_nusd"] != spec.limit_nusd:
+                    " ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id RETURNING *", spec.cap_id, limit, spent)
+            elif found["limit_nusd"] != limit:
                 # A row kept while its subject had no limit stopped counting: count again from the usage.
                 spent = found["spent_nusd"] if found["limit_nusd"] is not None else await _spent(conn, spec)
                 found = await conn.fetchrow(
                     "UPDATE mw_spend_caps SET limit_nusd = $2, spent_nusd = $3, version = version + 1 WHERE id = $1"
-                    " RETURNING *", spec.cap_id, spec.limit_nusd, spent)
+                    " RETURNING *", spec.cap_id, limit, spent)
             return owner_rows.cap(found)
 
         return await self._atomic(open_row)

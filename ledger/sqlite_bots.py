@@ -8,7 +8,7 @@ from typing import Any
 from ledger import owner_rows, rows
 from ledger.api_keys import ApiKeyRecord, SpendLimits
 from ledger.bots import RELIMIT_ROWS_MAX, Bot
-from ledger.caps import CapBalance, CapScope, CapSpec
+from ledger.caps import CapBalance, CapScope, CapSpec, Window
 from ledger.errors import BotExists, BotInUse, UnknownAccount
 from ledger.sqlite_access import SqliteAccess
 from ledger.times import utc_text
@@ -20,6 +20,17 @@ _SPENT = {
     CapScope.KEY: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u WHERE u.key_id = ?",
     CapScope.BOT: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
                   " WHERE k.bot_id = ?",
+}
+# Where each cap's limit is kept (the cap row's limit is a copy, set from here when the row is opened).
+_LIMIT = {
+    (CapScope.MEMBER, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_members WHERE id = ?",
+    (CapScope.KEY, Window.TOTAL): "SELECT total_limit_nusd FROM mw_keys WHERE id = ?",
+    (CapScope.KEY, Window.DAY): "SELECT daily_limit_nusd FROM mw_keys WHERE id = ?",
+    (CapScope.KEY, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_keys WHERE id = ?",
+    (CapScope.BOT, Window.DAY): "SELECT daily_cap_nusd FROM mw_bots WHERE id = ? AND deleted_at IS NULL",
+    (CapScope.BOT, Window.MONTH): "SELECT monthly_cap_nusd FROM mw_bots WHERE id = ? AND deleted_at IS NULL",
+    (CapScope.CONVERSATION, Window.CONVERSATION):
+        "SELECT conversation_cap_nusd FROM mw_bots WHERE id = ? AND deleted_at IS NULL",
 }
 _WINDOW = " AND (? IS NULL OR u.created_at >= ?) AND (? IS NULL OR u.created_at < ?)"
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -97,15 +108,17 @@ class SqliteBots(SqliteAccess):
 
     async def open_cap(self, spec: CapSpec) -> CapBalance:
         def open_row(conn: sqlite3.Connection) -> CapBalance:
+            row = conn.execute(_LIMIT[(spec.scope, spec.window)], (spec.subject_id,)).fetchone()
+            limit = None if row is None else row[0]
             found = conn.execute("SELECT * FROM mw_spend_caps WHERE id = ?", (spec.cap_id,)).fetchone()
             if found is None:
                 conn.execute("INSERT INTO mw_spend_caps (id, limit_nusd, spent_nusd, version) VALUES (?, ?, ?, 1)",
-                             (spec.cap_id, spec.limit_nusd, _spent(conn, spec)))
-            elif found["limit_nusd"] != spec.limit_nusd:
+                             (spec.cap_id, limit, _spent(conn, spec)))
+            elif found["limit_nusd"] != limit:
                 # A row kept while its subject had no limit stopped counting: count again from the usage.
                 spent = found["spent_nusd"] if found["limit_nusd"] is not None else _spent(conn, spec)
                 conn.execute("UPDATE mw_spend_caps SET limit_nusd = ?, spent_nusd = ?, version = version + 1"
-                             " WHERE id = ?", (spec.limit_nusd, spent, spec.cap_id))
+                             " WHERE id = ?", (limit, spent, spec.cap_id))
             row = conn.execute("SELECT * FROM mw_spend_caps WHERE id = ?", (spec.cap_id,)).fetchone()
             return owner_rows.cap(row)
 

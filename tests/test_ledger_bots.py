@@ -72,8 +72,8 @@ async def test_a_key_reads_its_bot_and_its_own_limits(book: LedgerStore) -> None
 
 async def test_a_cap_opens_from_the_usage_of_its_window(book: LedgerStore) -> None:
     await funded(book)
-    await book.create_bot(bot())
-    await book.create_key(key("k1", "b1"))
+    await book.create_bot(bot(day_nusd=1_000, conversation_nusd=30))
+    await book.create_key(key("k1", "b1", SpendLimits(total_nusd=150)))
     await book.settle_batch([dataclasses.replace(usage("r0", "acme", 100), key_id="k1")])
     day = cap_spec(CapScope.BOT, "b1", Window.DAY, 1_000, datetime.now(UTC))
     opened = await book.open_cap(day)
@@ -83,6 +83,9 @@ async def test_a_cap_opens_from_the_usage_of_its_window(book: LedgerStore) -> No
     assert (await book.open_cap(tomorrow)).remaining_nusd == 1_000  # a new window starts empty
     total = await book.open_cap(cap_spec(CapScope.KEY, "k1", Window.TOTAL, 150, NOW))
     assert total.remaining_nusd == 50
+    # The limit is read where it is kept, not from the (maybe cached) spec; none there: unlimited.
+    stale = await book.open_cap(cap_spec(CapScope.KEY, "k1", Window.DAY, 5, NOW))
+    assert stale.remaining_nusd == UNLIMITED_NUSD
     conversation = cap_spec(CapScope.CONVERSATION, "b1", Window.CONVERSATION, 30, NOW, "conv-1")
     assert (await book.open_cap(conversation)).remaining_nusd == 30
     # Settling moves every cap it was held against, in the debit's transaction.
@@ -94,8 +97,8 @@ async def test_a_cap_opens_from_the_usage_of_its_window(book: LedgerStore) -> No
 
 async def test_a_new_limit_rewrites_the_open_rows(book: LedgerStore) -> None:
     await funded(book)
-    await book.create_bot(bot())
-    await book.create_key(key("k1", "b1"))
+    await book.create_bot(bot(day_nusd=1_000, conversation_nusd=30))
+    await book.create_key(key("k1", "b1", SpendLimits(total_nusd=100)))
     day = await book.open_cap(cap_spec(CapScope.BOT, "b1", Window.DAY, 1_000, NOW))
     conv = await book.open_cap(cap_spec(CapScope.CONVERSATION, "b1", Window.CONVERSATION, 30, NOW, "c1"))
     changed = await book.relimit_caps(subject_prefix(CapScope.BOT, "b1"), {"d": 400, "c": None})

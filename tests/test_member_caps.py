@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from gateway.money.billing import Billing, Hold, Refusal, Refused
 from gateway.money.caps import apply_member_limit, member_cap
+from ledger.holds import cap_account
 from gateway.money.journal import Journal
 from gateway.money.operations import Operations
 from gateway.money.settlement import SettleLimits, Settler
@@ -67,18 +68,18 @@ async def money(request: pytest.FixtureRequest, book: LedgerStore, tmp_path: Pat
 
 async def test_a_hold_past_the_limit_is_refused_and_holds_nothing(money) -> None:
     billing, holds, ops = money
-    cap = member_cap("dev", datetime.now(UTC))
+    cap = member_cap("dev", datetime.now(UTC), LIMIT_NUSD)
     first = await billing.reserve("w", "r1", 600, (cap,))
     assert isinstance(first, Hold) and first.caps == (cap.cap_id,)
     second = await billing.reserve("w", "r2", 600, (cap,))
     assert isinstance(second, Refused) and second.reason is Refusal.BUDGET_EXCEEDED
     assert (second.available_nusd, second.needed_nusd, second.cap) == (400, 600, cap)
     assert (await holds.wallet("w")).held_nusd == 600  # the refused request holds nothing anywhere
-    assert (await holds.wallet(cap.cap_id)).held_nusd == 600
+    assert (await holds.wallet(cap_account("w", cap.cap_id))).held_nusd == 600
     async with first:
         result = await first.charge(record(first, 500))
     assert isinstance(result, SettleResult) and result.caps[0].remaining_nusd == 500
-    mirror = await holds.wallet(cap.cap_id)
+    mirror = await holds.wallet(cap_account("w", cap.cap_id))
     assert (mirror.balance_nusd, mirror.held_nusd) == (500, 0)
     assert (await ops.book.spend_cap(cap.cap_id)).remaining_nusd == 500
     assert isinstance(await billing.reserve("w", "r3", 500, (cap,)), Hold)
@@ -86,17 +87,17 @@ async def test_a_hold_past_the_limit_is_refused_and_holds_nothing(money) -> None
 
 async def test_a_released_request_gives_its_cap_hold_back(money) -> None:
     billing, holds, _ = money
-    cap = member_cap("dev", datetime.now(UTC))
+    cap = member_cap("dev", datetime.now(UTC), LIMIT_NUSD)
     held = await billing.reserve("w", "r1", 900, (cap,))
     assert isinstance(held, Hold)
     async with held:
         pass  # the handler left without charging: released
-    assert (await holds.wallet(cap.cap_id)).held_nusd == 0 and (await holds.wallet("w")).held_nusd == 0
+    assert (await holds.wallet(cap_account("w", cap.cap_id))).held_nusd == 0 and (await holds.wallet("w")).held_nusd == 0
 
 
 async def test_concurrent_requests_never_spend_past_the_limit(money) -> None:
     billing, holds, ops = money
-    cap = member_cap("dev", datetime.now(UTC))
+    cap = member_cap("dev", datetime.now(UTC), LIMIT_NUSD)
 
     async def one(i: int) -> bool:
         held = await billing.reserve("w", f"c{i}", 100, (cap,))
@@ -113,13 +114,13 @@ async def test_concurrent_requests_never_spend_past_the_limit(money) -> None:
     stored = await ops.book.spend_cap(cap.cap_id)
     assert stored is not None and stored.remaining_nusd == 0
     assert (await ops.book.wallet("w")).balance_nusd == 1_000_000 - LIMIT_NUSD
-    assert (await holds.wallet(cap.cap_id)).held_nusd == 0
+    assert (await holds.wallet(cap_account("w", cap.cap_id))).held_nusd == 0
     check_invariants(await ops.book.totals())
 
 
 async def test_a_new_limit_reaches_the_hold_store_at_once(money) -> None:
     billing, holds, ops = money
-    cap = member_cap("dev", datetime.now(UTC))
+    cap = member_cap("dev", datetime.now(UTC), LIMIT_NUSD)
     held = await billing.reserve("w", "r1", 1_000, (cap,))
     assert isinstance(held, Hold)
     await held.release()
@@ -127,13 +128,13 @@ async def test_a_new_limit_reaches_the_hold_store_at_once(money) -> None:
     refused = await billing.reserve("w", "r2", 400, (cap,))
     assert isinstance(refused, Refused) and refused.available_nusd == 300
     await apply_member_limit(ops.book, holds, "dev", None, datetime.now(UTC))
-    assert (await holds.wallet(cap.cap_id)).balance_nusd == UNLIMITED_NUSD
+    assert (await holds.wallet(cap_account("w", cap.cap_id))).balance_nusd == UNLIMITED_NUSD
     assert isinstance(await billing.reserve("w", "r3", 400, (cap,)), Hold)
 
 
 async def test_a_lost_mirror_is_rebuilt_from_the_ledger(money) -> None:
     billing, holds, ops = money
-    cap = member_cap("dev", datetime.now(UTC))
+    cap = member_cap("dev", datetime.now(UTC), LIMIT_NUSD)
     held = await billing.reserve("w", "r1", 700, (cap,))
     assert isinstance(held, Hold)
     async with held:
@@ -188,11 +189,11 @@ async def test_two_processes_never_spend_past_a_members_limit(tmp_path: Path, fa
             for process in processes:
                 stop(process)
         assert sum(served) == allowed
-        cap = member_cap("dev", datetime.now(UTC))
+        cap = member_cap("dev", datetime.now(UTC), LIMIT_NUSD)
         stored = await ops.book.spend_cap(cap.cap_id)  # type: ignore[attr-defined]
         assert stored is not None and stored.remaining_nusd == 0
         assert (await ops.book.wallet("team")).balance_nusd == (1000 - allowed) * FLAT_FEE_NUSD
-        mirror = await ops.holds.wallet(cap.cap_id)
+        mirror = await ops.holds.wallet(cap_account("team", cap.cap_id))
         assert mirror is not None and mirror.held_nusd == 0
         check_invariants(await ops.book.totals())
 

@@ -16,16 +16,18 @@ import uuid
 
 from aiohttp import web
 
+from config.pricing import TokenUsage
 from config.settings import Limits
 from gateway import errors
 from gateway.dialects import openai
+from gateway.dialects import openai_friendly as friendly
 from gateway.errors import ApiError
 from gateway.http.auth import KeyCache, authenticate
 from gateway.http.relay import Relay
 from gateway.http.responses import error_response, observe, passthrough_error, refusal_error, upstream_failed
-from gateway.metering.metering import meter
+from gateway.metering.metering import Metered, meter
 from gateway.metrics import Metrics
-from gateway.money.billing import Billing, Hold, Refused
+from gateway.money.billing import SHORT_OF_MONEY, Billing, Hold, Refused
 from gateway.money.calls import Call, Route, usage_record
 from gateway.money.operations import REQUEST_ID_PREFIX
 from gateway.upstream import Upstream, UpstreamFailed
@@ -33,6 +35,19 @@ from ledger.book import SettleResult
 from ledger.money import format_usd
 
 ENDPOINTS = openai.ENDPOINTS
+
+
+CONVERSATION_HEADER = "X-Conversation-Id"
+
+
+def conversation_id(given: str | None, chars_max: int) -> str | None | ApiError:
+    """The X-Conversation-Id a bot's per-conversation cap counts by: printable ASCII, bounded."""
+    if given is None:
+        return None
+    if not 0 < len(given) <= chars_max or not given.isascii() or not given.isprintable():
+        return errors.invalid_request(f"{CONVERSATION_HEADER} must be 1 to {chars_max} printable ASCII characters.",
+                                      CONVERSATION_HEADER, "invalid_conversation_id")
+    return given
 
 
 def new_request_id() -> str:
@@ -84,6 +99,9 @@ class Proxy:
                                        self._limits.tokenize_bytes_max)
             held = await self._billing.hold(call, estimate)
             if isinstance(held, Refused):
+                friendly = call.key.bot_rule.friendly_message if call.key.bot_rule is not None else None
+                if friendly is not None and held.reason in SHORT_OF_MONEY and endpoint == "chat":
+                    return await self._friendly(request, call, held, friendly)
                 return self._refuse(endpoint, refusal_error(held), request_id)
             async with held as hold:
                 if call.request.stream:
@@ -121,7 +139,32 @@ class Proxy:
         valid = openai.validate(endpoint, payload, route.model)
         if isinstance(valid, ApiError):
             return valid
-        return Call(request_id, endpoint, key, route, valid, body, started)
+        conversation = conversation_id(request.headers.get(CONVERSATION_HEADER), self._limits.conversation_id_chars_max)
+        if isinstance(conversation, ApiError):
+            return conversation
+        return Call(request_id, endpoint, key, route, valid, body, started, conversation)
+
+    async def _friendly(self, request: web.Request, call: Call, refused: Refused, message: str) -> web.StreamResponse:
+        """A bot's kind answer instead of a refusal: free, nothing forwarded, recorded as refused."""
+        self._metrics.refused(call.endpoint, 402)
+        model = call.route.model_name
+        headers = {"X-Request-Id": call.request_id, "X-Model": model, "X-Usage-Cost": format_usd(0),
+                   "X-Meterway-Refused": refused.reason.value}
+        metered = Metered(TokenUsage(0, 0), "none", 0)
+        held = await self._billing.reserve(call.key.wallet_id, call.request_id, 0)
+        assert isinstance(held, Hold) and held.amount_nusd == 0, held  # a free call is never refused
+        async with held as hold:
+            await hold.charge(usage_record(call, 0, metered, "refused", 0.0))
+        if not call.request.stream:
+            return web.Response(body=friendly.completion_body(call.request_id, model, message),
+                                content_type="application/json", headers=headers)
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for event in friendly.completion_events(call.request_id, model, message, call.request.client_wants_usage):
+            await response.write(event)
+        await response.write_eof()
+        return response
 
     async def _forward(self, call: Call, hold: Hold) -> web.StreamResponse:
         sent = time.perf_counter()

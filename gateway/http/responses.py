@@ -20,6 +20,7 @@ from gateway.metering.metering import Metered
 from gateway.metrics import Metrics
 from gateway.money.billing import Refusal, Refused
 from gateway.money.calls import Call
+from gateway.money.caps import cap_name
 from gateway.upstream import UpstreamFailed
 from ledger.money import format_usd
 from ledger.times import utc_text
@@ -46,7 +47,8 @@ def refusal_error(refused: Refused) -> ApiError:
         return errors.insufficient_quota(format_usd(refused.available_nusd), format_usd(refused.needed_nusd))
     if refused.reason is Refusal.BUDGET_EXCEEDED:
         assert refused.cap is not None, refused
-        return errors.budget_exceeded("member's monthly spending limit", refused.cap.window, utc_text(refused.cap.resets_at),
+        cap = refused.cap
+        return errors.budget_exceeded(cap_name(cap), cap.window.value, None if cap.until is None else utc_text(cap.until),
                                       format_usd(refused.available_nusd), format_usd(refused.needed_nusd))
     return errors.service_unavailable(_UNAVAILABLE[refused.reason], refused.reason.value)
 

@@ -25,11 +25,12 @@ from types import TracebackType
 
 from gateway.metering.metering import Estimate
 from gateway.money.calls import Call
-from gateway.money.caps import CapCheck, SpendCaps
+from gateway.money.caps import SpendCaps
 from gateway.money.settlement import SettlementUnavailable, Settler
 from ledger.book import SettleOutcome, SettleResult, UsageRecord
+from ledger.caps import CapSpec
 from ledger.errors import LedgerUnavailable
-from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveStatus
+from ledger.holds import HoldStore, HoldStoreUnavailable, ReserveResult, ReserveStatus, cap_account
 from ledger.store import LedgerStore
 
 # Outcomes that mean the request is in the book, as charged and shown.
@@ -46,7 +47,7 @@ class HoldState(enum.Enum):
 
 class Refusal(enum.Enum):
     INSUFFICIENT_FUNDS = "insufficient_funds"  # the wallet cannot cover the worst case
-    BUDGET_EXCEEDED = "budget_exceeded"  # a spend cap (a member's monthly limit) cannot cover it
+    BUDGET_EXCEEDED = "budget_exceeded"  # a spend cap (a member's, a key's or a bot's) cannot cover it
     SETTLEMENT_BACKLOG = "settlement_backlog"  # too many settlements wait for the ledger
     HOLDS_UNAVAILABLE = "holds_unavailable"  # the hold store cannot be reached
     LEDGER_UNAVAILABLE = "ledger_unavailable"  # the ledger cannot be reached
@@ -62,7 +63,7 @@ class Refused:
     reason: Refusal
     available_nusd: int = 0  # for INSUFFICIENT_FUNDS and BUDGET_EXCEEDED: what the wallet or cap has free
     needed_nusd: int = 0  # ... and what the request may cost
-    cap: CapCheck | None = None  # for BUDGET_EXCEEDED: which cap, and when it resets
+    cap: CapSpec | None = None  # for BUDGET_EXCEEDED: which cap, its window, and when it resets
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class Hold:
         try:
             await asyncio.shield(self._billing.holds.release(self.wallet_id, self.request_id))
             for cap_id in self.caps:
-                await asyncio.shield(self._billing.holds.release(cap_id, self.request_id))
+                await asyncio.shield(self._billing.holds.release(cap_account(self.wallet_id, cap_id), self.request_id))
         except HoldStoreUnavailable:
             pass  # the holds expire by themselves after limits.hold_ttl_s
 
@@ -144,10 +145,11 @@ class Hold:
 
 class Billing:
     def __init__(self, book: LedgerStore, holds: HoldStore, settler: Settler, hold_ttl_s: float,
-                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 refresh_interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 caps: SpendCaps | None = None) -> None:
         self._book = book
         self.holds = holds
-        self._caps = SpendCaps(book, holds, hold_ttl_s)
+        self.caps = caps or SpendCaps(book, holds)
         self.settler = settler
         self._hold_ttl_s = hold_ttl_s
         self._refresh_interval_s = refresh_interval_s
@@ -157,7 +159,7 @@ class Billing:
     async def hold(self, call: Call, estimate: Estimate) -> Hold | Refused:
         """Hold the call's worst case; tokenize for a tighter one only if the wallet is short of it."""
         wallet_id, request_id = call.key.wallet_id, call.request_id
-        caps = self._caps.checks(call.key)
+        caps = self.caps.checks(call.key, call.conversation_id)
         held = await self.reserve(wallet_id, request_id, estimate.most_nusd, caps)
         # A refusal must stay cheap: when even the least this request can cost
         # is more than the wallet (or a cap) has, refuse without tokenizing anything.
@@ -174,44 +176,22 @@ class Billing:
         return held
 
     async def reserve(self, wallet_id: str, request_id: str, amount_nusd: int,
-                      caps: tuple[CapCheck, ...] = ()) -> Hold | Refused:
-        """Hold exactly amount_nusd (0: a free call, nothing to hold), against each cap first, then the wallet."""
+                      caps: tuple[CapSpec, ...] = ()) -> Hold | Refused:
+        """Hold exactly amount_nusd (0: a free call, nothing to hold) on the wallet and each cap, in one step."""
         assert amount_nusd >= 0, amount_nusd
         if amount_nusd == 0:
             return Hold(self, request_id, wallet_id, 0)
         if self.settler.full:
             # The ledger is behind (or down): take no new work whose charge could not be kept.
             return Refused(Refusal.SETTLEMENT_BACKLOG)
-        if not caps:
-            return await self._reserve_wallet(wallet_id, request_id, amount_nusd, ())
+        cap_ids = tuple(spec.cap_id for spec in caps)
         try:
-            refused_by = await self._caps.reserve(caps, request_id, amount_nusd)
-        except HoldStoreUnavailable:
-            return Refused(Refusal.HOLDS_UNAVAILABLE)
-        except LedgerUnavailable:
-            return Refused(Refusal.LEDGER_UNAVAILABLE)
-        if refused_by is not None:
-            check, available_nusd = refused_by
-            return Refused(Refusal.BUDGET_EXCEEDED, max(available_nusd, 0), amount_nusd, check)
-        held = await self._reserve_wallet(wallet_id, request_id, amount_nusd, tuple(c.cap_id for c in caps))
-        if isinstance(held, Refused):
-            await self._caps.release(caps, request_id)
-        return held
-
-    async def _reserve_wallet(self, wallet_id: str, request_id: str, amount_nusd: int,
-                              cap_ids: tuple[str, ...]) -> Hold | Refused:
-        try:
-            result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
-            if result.status is ReserveStatus.WALLET_UNKNOWN or (
-                result.status is ReserveStatus.INSUFFICIENT and self._may_refresh(wallet_id)
-            ):
-                # Unknown to the mirror, or maybe topped up by another process
-                # (the CLI, an admin call elsewhere): ask the book, then retry once.
-                wallet = await self._book.wallet(wallet_id)
-                if wallet is None:
-                    return Refused(Refusal.INSUFFICIENT_FUNDS, 0, amount_nusd)
-                await self.holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
-                result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s)
+            result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s, cap_ids)
+            # Each round mirrors one more account from the book: bounded by the accounts there are.
+            for _ in range(len(caps) + 1):
+                if not await self._refreshed(wallet_id, result, caps):
+                    break
+                result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s, cap_ids)
         except HoldStoreUnavailable:
             return Refused(Refusal.HOLDS_UNAVAILABLE)
         except LedgerUnavailable:
@@ -219,7 +199,33 @@ class Billing:
         if result.status is ReserveStatus.RESERVED:
             assert result.available_nusd >= 0, result
             return Hold(self, request_id, wallet_id, amount_nusd, cap_ids)
-        return Refused(Refusal.INSUFFICIENT_FUNDS, max(result.available_nusd, 0), amount_nusd)
+        if result.cap_id is None:
+            return Refused(Refusal.INSUFFICIENT_FUNDS, max(result.available_nusd, 0), amount_nusd)
+        [spec] = [c for c in caps if c.cap_id == result.cap_id]
+        return Refused(Refusal.BUDGET_EXCEEDED, max(result.available_nusd, 0), amount_nusd, spec)
+
+    async def _refreshed(self, wallet_id: str, result: ReserveResult, caps: tuple[CapSpec, ...]) -> bool:
+        """Whether the account that refused (or is unknown) was re-read from the book, so asking again may help.
+
+        Unknown to the mirror, or maybe topped up (or a cap raised) by another
+        process: ask the book, at most once per account per refresh interval.
+        """
+        unknown = result.status is ReserveStatus.WALLET_UNKNOWN
+        if result.status is ReserveStatus.RESERVED:
+            return False
+        if result.cap_id is not None:
+            if not (unknown or self.caps.may_refresh(wallet_id, result.cap_id)):
+                return False
+            [spec] = [c for c in caps if c.cap_id == result.cap_id]
+            await self.caps.mirror(wallet_id, spec)
+            return True
+        if not (unknown or self._may_refresh(wallet_id)):
+            return False
+        wallet = await self._book.wallet(wallet_id)
+        if wallet is None:
+            return False  # no such wallet: refused as unknown, with nothing available
+        await self.holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
+        return True
 
     def _may_refresh(self, wallet_id: str) -> bool:
         """At most one book read per wallet per refresh interval, so refusals stay cheap."""

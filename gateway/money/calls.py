@@ -68,6 +68,7 @@ class Call:
     request: Request
     body: bytes
     started: float  # time.perf_counter() when the request arrived
+    conversation_id: str | None = None  # X-Conversation-Id: a bot's per-conversation cap counts by it
 
     def __post_init__(self) -> None:
         assert self.endpoint == self.request.endpoint == self.route.model.kind, self

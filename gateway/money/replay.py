@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from gateway.money.journal import Journal, JournalEntry
 from ledger.book import Book, SettleOutcome, SettleResult, UsageRecord
 from ledger.errors import LedgerUnavailable
-from ledger.holds import HoldSettlement, HoldStore
+from ledger.holds import HoldSettlement, HoldStore, cap_account
 
 log = logging.getLogger("meterway.settlement")
 
@@ -161,8 +161,10 @@ async def release_holds(holds: HoldStore, records: Sequence[UsageRecord], result
             settled.append(HoldSettlement(record.wallet_id, record.request_id, result.balance_nusd, result.version))
         if record.caps:
             moved = {cap.cap_id: cap for cap in result.caps}
-            settled += [HoldSettlement(c.cap_id, record.request_id, c.remaining_nusd, c.version) for c in result.caps]
-            caps_left += [(cap_id, record.request_id) for cap_id in record.caps if cap_id not in moved]
+            settled += [HoldSettlement(cap_account(record.wallet_id, c.cap_id), record.request_id, c.remaining_nusd,
+                                       c.version) for c in result.caps]
+            caps_left += [(cap_account(record.wallet_id, cap_id), record.request_id)
+                          for cap_id in record.caps if cap_id not in moved]
     await holds.settle_many(settled)
     for record in unknown:
         await release_record_holds(holds, record)
@@ -174,7 +176,7 @@ async def release_record_holds(holds: HoldStore, record: UsageRecord) -> None:
     """Release every hold a request took: its wallet's and its caps'."""
     await holds.release(record.wallet_id, record.request_id)
     for cap_id in record.caps:
-        await holds.release(cap_id, record.request_id)
+        await holds.release(cap_account(record.wallet_id, cap_id), record.request_id)
 
 
 async def replay_at_start(replayer: Replayer) -> ReplayReport | None:
