@@ -10,7 +10,7 @@ debit's own transaction (ledger/cap_settle.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ledger.api_keys import ApiKeyRecord, SpendLimits
 from ledger.caps import CapBalance, CapSpec
@@ -36,6 +36,7 @@ class Bot:
         assert self.friendly_message is None or 0 < len(self.friendly_message) <= FRIENDLY_MESSAGE_MAX, self
 
 
+@runtime_checkable
 class Bots(Protocol):
     async def create_bot(self, bot: Bot) -> Bot:
         """BotExists if the wallet has a live bot of that name; UnknownAccount if there is no such wallet."""

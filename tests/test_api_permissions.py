@@ -16,6 +16,8 @@ import aiohttp
 import pytest
 
 from gateway.money.wallet_owners import WalletOwners
+from ledger.api_keys import SpendLimits
+from ledger.bots import Bot
 from ledger.money import parse_usd
 from ledger.owners import Role
 
@@ -30,6 +32,7 @@ class Org:
     keys: dict[str, str]  # role -> an inference key id owned by that role's member
     key_secrets: dict[str, str]  # role -> that inference key's secret
     spare_mk: dict[str, str]  # role -> a second management key of its own
+    bot: str = ""  # a bot of the wallet, with no keys
 
 
 def owners(gw) -> WalletOwners:
@@ -54,6 +57,8 @@ async def make_org(gw, usd: str = "20") -> Org:
         org.keys[role], org.key_secrets[role] = key.key_id, key.secret
         record, _ = await service.create_management_key(org.members[role], "spare")
         org.spare_mk[role] = record.key_id
+    bot = await gw.state.book.create_bot(Bot(f"bot_{uuid.uuid4().hex[:8]}", wallet_id, "support", SpendLimits()))
+    org.bot = bot.bot_id
     return org
 
 
@@ -74,6 +79,12 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     ("POST", "/api/keys", {"name": "ci"}, {"owner": 201, "developer": 201, "viewer": 403}),
     ("DELETE", "/api/keys/{own_key}", None, {"owner": 200, "developer": 200, "viewer": 403}),
     ("DELETE", "/api/keys/{owner_key}", None, {"owner": 200, "developer": 404, "viewer": 403}),
+    ("PATCH", "/api/keys/{own_key}", {"daily_limit": "1.00"}, {"owner": 200, "developer": 403, "viewer": 403}),
+    ("GET", "/api/bots", None, {"owner": 200, "developer": 200, "viewer": 200}),
+    ("POST", "/api/bots", {"name": "reviewer"}, {"owner": 201, "developer": 403, "viewer": 403}),
+    ("GET", "/api/bots/{bot}", None, {"owner": 200, "developer": 200, "viewer": 200}),
+    ("PATCH", "/api/bots/{bot}", {"daily_cap": "1.00"}, {"owner": 200, "developer": 403, "viewer": 403}),
+    ("DELETE", "/api/bots/{bot}", None, {"owner": 200, "developer": 403, "viewer": 403}),
     ("GET", "/api/members", None, {"owner": 200, "developer": 200, "viewer": 200}),
     ("GET", "/api/members/me", None, {"owner": 200, "developer": 200, "viewer": 200}),
     ("POST", "/api/members", {"name": "Nina", "role": "viewer"}, {"owner": 201, "developer": 403, "viewer": 403}),
@@ -95,7 +106,7 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
 
 def fill(path: str, org: Org, role: str) -> str:
     return path.format(target=org.members["target"], owner_key=org.keys["owner"], own_key=org.keys[role],
-                       own_mk=org.spare_mk[role])
+                       own_mk=org.spare_mk[role], bot=org.bot)
 
 
 async def test_permission_matrix(gw):

@@ -18,7 +18,8 @@ from gateway.errors import ApiError, invalid_request, not_found
 from gateway.http import admin_models as inputs
 from gateway.http.auth import bearer_matches
 from gateway.http.bodies import Refused, json_body, valid
-from gateway.http.key_limits import key_limits, limits_json
+from gateway.http.key_limits import key_limits, limits_json, spend_limits
+from gateway.http.notices import Subject
 from gateway.http.responses import error_response
 from gateway.http.state import STATE
 from gateway.money.operations import Operations, new_credit_id
@@ -138,10 +139,10 @@ async def create_key(request: web.Request, ops: Operations) -> web.Response:
     payload = valid(inputs.CreateKey, await json_body(request))
     expires_at, models = key_limits(payload, request.app[STATE].routes)
     new, record = await ops.create_key(payload.wallet, payload.name, payload.bot, expires_at=expires_at,
-                                       allowed_models=models)
+                                       allowed_models=models, bot_id=payload.bot_id, limits=spend_limits(payload))
     return web.json_response({"id": record.key_id, "key": new.secret, "prefix": record.prefix,
                               "wallet": record.wallet_id, "name": record.name, "bot": record.bot,
-                              **limits_json(record.expires_at, record.allowed_models)}, status=201)
+                              **limits_json(record)}, status=201)
 
 
 async def list_keys(request: web.Request, ops: Operations) -> web.Response:
@@ -149,7 +150,7 @@ async def list_keys(request: web.Request, ops: Operations) -> web.Response:
     keys = await ops.book.list_keys(query.wallet)
     return web.json_response({"data": [
         {"id": k.key_id, "prefix": k.prefix, "wallet": k.wallet_id, "name": k.name, "bot": k.bot,
-         "created_at": k.created_at, "revoked_at": k.revoked_at, **limits_json(k.expires_at, k.allowed_models)}
+         "created_at": k.created_at, "revoked_at": k.revoked_at, **limits_json(k)}
         for k in keys]})
 
 
@@ -157,5 +158,5 @@ async def revoke_key(request: web.Request, ops: Operations) -> web.Response:
     key_id = valid(inputs.KeyPath, dict(request.match_info)).key_id
     if not await ops.book.revoke_key(key_id):
         return error_response(not_found(f"no active key {key_id!r}"))
-    request.app[STATE].keys.forget(key_id)
+    await request.app[STATE].notices.announce(Subject.KEY, key_id)
     return web.json_response({"id": key_id, "revoked": True})

@@ -65,6 +65,11 @@ class KeyLimitsInput(AdminInput):
 
     expires_at: datetime | None = Field(None, strict=False)  # ISO 8601 with a timezone
     models: list[ModelName] | None = Field(None, min_length=1, max_length=MODELS_PER_KEY_MAX)
+    bot_id: Identifier | None = None  # the wallet's bot the key belongs to (its caps apply)
+    # The key's own spend limits in USD: lifetime, per UTC day, per UTC month.
+    total_limit: UsdAmount | None = None
+    daily_limit: UsdAmount | None = None
+    monthly_limit: UsdAmount | None = None
 
     @field_validator("expires_at")
     @classmethod
@@ -72,6 +77,14 @@ class KeyLimitsInput(AdminInput):
         if value is not None and value.tzinfo is None:
             raise ValueError("a time needs a timezone, e.g. 2027-01-01T00:00:00Z")
         return value
+
+
+class KeySpendPatch(AdminInput):
+    """A key's own spend limits, replaced whole: a limit left out is removed."""
+
+    total_limit: UsdAmount | None = None
+    daily_limit: UsdAmount | None = None
+    monthly_limit: UsdAmount | None = None
 
 
 class CreateKey(KeyLimitsInput):

@@ -23,13 +23,14 @@ from config.settings import WalletSettings
 from gateway.errors import ApiError, invalid_request, not_found
 from gateway.http.auth import bearer_secret
 from gateway.http.bodies import Refused
+from gateway.http.notices import Notice, Subject
 from gateway.http.responses import error_response
 from gateway.http.state import STATE
 from gateway.money.keys import hash_secret, looks_like_key
 from gateway.money.owner_keys import looks_like_management_key
 from gateway.money.roles import Permission, allows
 from gateway.money.wallet_owners import WalletOwners
-from ledger.errors import LedgerError
+from ledger.errors import BotExists, BotInUse, LedgerError
 from ledger.money import MoneyFormatError, format_usd
 from ledger.owners import InviteInvalid, LastOwner, ManagementIdentity, MemberStatus, Org
 
@@ -72,6 +73,15 @@ class ManagementKeys:
         for secret_hash, (_, identity) in list(self._entries.items()):
             if identity is not None and identity.key.key_id == key_id:
                 del self._entries[secret_hash]
+
+    def hear(self, notice: Notice) -> None:
+        """A member or a management key changed, here or in another process."""
+        if notice.subject is Subject.ALL:
+            self._entries.clear()
+        elif notice.subject is Subject.MEMBER:
+            self.forget_member(notice.subject_id)
+        elif notice.subject is Subject.MANAGEMENT_KEY:
+            self.forget_key(notice.subject_id)
 
 
 MANAGEMENT_KEYS = web.AppKey("meterway_management_keys", ManagementKeys)
@@ -120,6 +130,8 @@ def guarded(handler: Route) -> Route:
                                            "invalid_request_error", "invite_invalid"))
         except MoneyFormatError as exc:
             return error_response(invalid_request(str(exc)))
+        except (BotExists, BotInUse) as exc:
+            return error_response(ApiError(409, str(exc), "invalid_request_error", exc.code))
 
     return wrapped
 

@@ -16,6 +16,7 @@ from gateway.errors import not_found
 from gateway.http import api_models as inputs
 from gateway.http.api_base import Caller, api, guarded, money_or_none, owners_of
 from gateway.http.bodies import Refused, json_body, valid
+from gateway.http.notices import Subject
 from gateway.http.state import STATE
 from gateway.money.caps import apply_member_limit
 from gateway.money.keys import hash_secret
@@ -104,7 +105,8 @@ async def patch_member(request: web.Request, caller: Caller) -> web.Response:
     if "monthly_limit" in body.model_fields_set:
         limit = None if body.monthly_limit is None else parse_usd(body.monthly_limit)
         member = await apply_member_limit(store, caller.owners.holds, member_id, limit, caller.now)
-    caller.keys.forget_member(member_id)  # the role takes effect at once in this process
+    # The role and the limit take effect at once, here and in every other process.
+    await request.app[STATE].notices.announce(Subject.MEMBER, member_id)
     return web.json_response(member_json(member, caller.owners.settings))
 
 
@@ -114,9 +116,10 @@ async def remove_member(request: web.Request, caller: Caller) -> web.Response:
     store = caller.owners.store
     keys = [k.key_id for k in await store.list_keys(caller.wallet_id) if k.member_id == member_id]
     member = await store.remove_member(member_id)
-    caller.keys.forget_member(member_id)
+    notices = request.app[STATE].notices
+    await notices.announce(Subject.MEMBER, member_id)
     for key_id in keys:
-        request.app[STATE].keys.forget(key_id)
+        await notices.announce(Subject.KEY, key_id)
     return web.json_response(member_json(member, caller.owners.settings))
 
 
@@ -137,7 +140,7 @@ async def revoke_management_key(request: web.Request, caller: Caller) -> web.Res
     own = {k.key_id for k in await store.list_management_keys(caller.member_id) if k.active}
     if key_id not in own or not await store.revoke_management_key(key_id):
         raise Refused(not_found(f"no active management key {key_id!r}"))
-    caller.keys.forget_key(key_id)
+    await request.app[STATE].notices.announce(Subject.MANAGEMENT_KEY, key_id)
     return web.json_response({"id": key_id, "revoked": True})
 
 

@@ -7,10 +7,12 @@ out-of-range or non-integer limit is a 400 naming "limit", never a clamp.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from gateway.http.admin_models import AdminInput, Identifier, KeyLimitsInput, Name, UsdAmount, parse
+from ledger.bots import BOT_NAME_MAX, FRIENDLY_MESSAGE_MAX
 from ledger.history import ENTRIES_LIMIT_MAX
 from ledger.owners import Role
 
@@ -55,6 +57,22 @@ class WalletSettingsPatch(ApiInput):
 class CreateKey(KeyLimitsInput):
     name: Name | None = None
     bot: Name | None = None
+
+
+FriendlyMessage = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=FRIENDLY_MESSAGE_MAX)]
+
+
+class BotPatch(ApiInput):
+    """A bot's caps in USD (None: no cap) and its friendly answer (None: refuse with a 402)."""
+
+    daily_cap: UsdAmount | None = None
+    monthly_cap: UsdAmount | None = None
+    conversation_cap: UsdAmount | None = None
+    friendly_message: FriendlyMessage | None = None
+
+
+class CreateBot(BotPatch):
+    name: Name = Field(min_length=1, max_length=BOT_NAME_MAX)
 
 
 class Invite(ApiInput):

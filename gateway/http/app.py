@@ -11,7 +11,9 @@ from aiohttp import web
 from config.settings import Settings
 from gateway import errors
 from gateway.http import admin, api, models, readiness, webhooks
+from gateway.http.api_base import MANAGEMENT_KEYS
 from gateway.http.auth import KeyCache, bearer_matches
+from gateway.http.notices import Notices
 from gateway.http.proxy import ENDPOINTS, Proxy, new_request_id
 from gateway.http.responses import error_response, response_started
 from gateway.http.state import STATE, GatewayState
@@ -22,7 +24,7 @@ from gateway.money.calls import build_routes
 from gateway.money.hold_recovery import heartbeat_forever
 from gateway.money.replay import replay_at_start
 from gateway.money.settlement import settler_for
-from gateway.money.stores import Stores, open_stores
+from gateway.money.stores import Stores, notice_bus, open_stores
 from gateway.money.sweeper import expire_credit_forever, sweep_forever
 from gateway.money.topups import open_payments
 from gateway.upstream import Upstream
@@ -68,10 +70,13 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         payments = open_payments(settings, stores.book, stores.holds)
         if payments is not None:
             settler.observers.append(payments.reloader.observe)
+        notices = Notices(notice_bus(stores.holds, limits.redis_timeout_s))
+        notices.subscribe(keys.hear)
+        notices.subscribe(app[MANAGEMENT_KEYS].hear)
         app[STATE] = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
             metrics=metrics, routes=routes, proxy=proxy.attach(keys, routes, billing, upstream, metrics),
-            payments=payments,
+            notices=notices, payments=payments,
         )
         settler.start()
         sweeper = asyncio.create_task(sweep_forever(
@@ -80,12 +85,14 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         heartbeat = asyncio.create_task(heartbeat_forever(stores.holds, limits.redis_heartbeat_interval_s))
         expiry = asyncio.create_task(expire_credit_forever(
             stores.book, stores.holds, settings.topup.credit_expiry_sweep_s, settings.topup.credit_expiry_batch_max))
+        listening = asyncio.create_task(notices.run())
+        tasks = (sweeper, heartbeat, expiry, listening)
         try:
             yield
         finally:
-            for task in (sweeper, heartbeat, expiry):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(sweeper, heartbeat, expiry, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await settler.close()
             if payments is not None:
                 await payments.close()

@@ -1,8 +1,9 @@
 """Who is calling: Bearer key -> key record, with a small in-process cache.
 
-The cache keeps the hot path free of database round trips. A revocation made
-in this process takes effect at once; one made elsewhere (another worker, the
-CLI) within limits.key_cache_ttl_s. Unknown keys are cached too, so a flood
+The cache keeps the hot path free of database round trips. A change made
+through the gateway (a revocation, new limits, a bot's caps) takes effect at
+once here and, through Redis notices (notices.py), in every other process; one
+made around it (the CLI) within limits.key_cache_ttl_s. Unknown keys are cached too, so a flood
 of bad keys cannot turn into a flood of queries.
 """
 
@@ -12,10 +13,12 @@ import hmac
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from pydantic import SecretStr
 
 from gateway.errors import ApiError, invalid_api_key, key_expired
+from gateway.http.notices import Notice, Subject
 from gateway.http.responses import refusal_error
 from gateway.money.billing import Refusal, Refused
 from gateway.money.keys import hash_secret, looks_like_key
@@ -45,8 +48,22 @@ class KeyCache:
         return record
 
     def forget(self, key_id: str) -> None:
+        self._forget_where(lambda record: record.key_id == key_id)
+
+    def hear(self, notice: Notice) -> None:
+        """A key, its bot or its member changed (here or in another process): read it again from the book."""
+        if notice.subject is Subject.ALL:
+            self._entries.clear()
+        elif notice.subject is Subject.KEY:
+            self.forget(notice.subject_id)
+        elif notice.subject is Subject.BOT:
+            self._forget_where(lambda record: record.bot_id == notice.subject_id)
+        elif notice.subject is Subject.MEMBER:
+            self._forget_where(lambda record: record.member_id == notice.subject_id)
+
+    def _forget_where(self, matches: Callable[[ApiKeyRecord], bool]) -> None:
         for secret_hash, (_, record) in list(self._entries.items()):
-            if record is not None and record.key_id == key_id:
+            if record is not None and matches(record):
                 del self._entries[secret_hash]
 
 

@@ -1,4 +1,4 @@
-"""An inference key's limits as given when it is made: when it expires, which models it may call.
+"""An inference key's limits as given when it is made: when it expires, which models it may call, what it may spend.
 
 Shared by the admin API and the wallet API. A model the gateway does not
 serve, or an expiry already past, is a 400 naming the parameter: a key that
@@ -11,8 +11,10 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 
 from gateway.errors import invalid_request
-from gateway.http.admin_models import KeyLimitsInput
+from gateway.http.admin_models import KeyLimitsInput, KeySpendPatch
 from gateway.http.bodies import Refused
+from ledger.api_keys import ApiKeyRecord, SpendLimits
+from ledger.money import format_usd, parse_usd
 from ledger.times import utc_text
 
 
@@ -32,5 +34,23 @@ def key_limits(given: KeyLimitsInput, served: Collection[str], now: datetime | N
     return (None if given.expires_at is None else utc_text(given.expires_at.astimezone(UTC))), models
 
 
-def limits_json(expires_at: str | None, models: tuple[str, ...] | None) -> dict[str, object]:
-    return {"expires_at": expires_at, "models": None if models is None else list(models)}
+def spend_limits(given: KeyLimitsInput | KeySpendPatch) -> SpendLimits | None:
+    """The key's own spend limits in nUSD (None: none at all)."""
+    limits = SpendLimits(total_nusd=_nusd(given.total_limit), day_nusd=_nusd(given.daily_limit),
+                         month_nusd=_nusd(given.monthly_limit))
+    return limits if limits.any else None
+
+
+def _nusd(usd: str | None) -> int | None:
+    return None if usd is None else parse_usd(usd)
+
+
+def limits_json(key: ApiKeyRecord) -> dict[str, object]:
+    limits = key.limits or SpendLimits()
+    return {"expires_at": key.expires_at, "models": None if key.allowed_models is None else list(key.allowed_models),
+            "bot_id": key.bot_id, "total_limit": _usd(limits.total_nusd), "daily_limit": _usd(limits.day_nusd),
+            "monthly_limit": _usd(limits.month_nusd)}
+
+
+def _usd(nusd: int | None) -> str | None:
+    return None if nusd is None else format_usd(nusd)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway.http.auth import KeyCache
+from gateway.http.notices import Notices
 from gateway.http.proxy import Proxy
 from gateway.metrics import Metrics
 from gateway.money.calls import Route
@@ -33,6 +34,7 @@ class GatewayState:
     metrics: Metrics
     routes: dict[str, Route]
     proxy: Proxy
+    notices: Notices  # cache notices to every process (keys, bots, members)
     payments: Payments | None = None  # card top-ups, when [stripe] is enabled
 
 

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 
 from gateway.money.keys import NewKey, generate_key
+from ledger.api_keys import BotRule, SpendLimits
 from ledger.book import (
     FUNDING_ACCOUNT,
     SYSTEM_ACCOUNTS,
@@ -30,6 +31,7 @@ from ledger.book import (
     TransferRecord,
     Wallet,
 )
+from ledger.bots import Bots
 from ledger.errors import NotAWallet, UnknownAccount
 from ledger.holds import HoldStore, HoldStoreUnavailable, WalletHolds
 
@@ -94,12 +96,25 @@ class Operations:
 
     async def create_key(self, wallet_id: str, name: str | None = None, bot: str | None = None,
                          member_id: str | None = None, expires_at: str | None = None,
-                         allowed_models: tuple[str, ...] | None = None) -> tuple[NewKey, ApiKeyRecord]:
-        """A new inference key, shown once; a member's key counts against the member's monthly limit."""
+                         allowed_models: tuple[str, ...] | None = None, bot_id: str | None = None,
+                         limits: SpendLimits | None = None) -> tuple[NewKey, ApiKeyRecord]:
+        """A new inference key, shown once.
+
+        A member's key counts against the member's monthly limit; a bot's key
+        against the bot's caps (UnknownAccount if the wallet has no such bot);
+        limits are the key's own.
+        """
         await self._wallet(wallet_id)  # refuses system accounts and unknown wallets
+        rule = None
+        if bot_id is not None:
+            assert isinstance(self.book, Bots), self.book  # every LedgerStore keeps bots
+            found = await self.book.bot(bot_id)
+            if found is None or found.wallet_id != wallet_id:
+                raise UnknownAccount(f"no bot {bot_id!r} in wallet {wallet_id!r}")
+            rule, bot = BotRule(bot_id, found.caps, found.friendly_message), bot or found.name
         new = generate_key()
         record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot, member_id=member_id,
-                              expires_at=expires_at, allowed_models=allowed_models)
+                              expires_at=expires_at, allowed_models=allowed_models, limits=limits, bot_rule=rule)
         await self.book.create_key(record)
         return new, record
 

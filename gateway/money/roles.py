@@ -28,16 +28,18 @@ class Permission(str, enum.Enum):
     MANAGE_MEMBERS = "manage_members"  # invite, change roles and limits, remove
     MANAGE_OWN_MANAGEMENT_KEYS = "manage_own_management_keys"
     TOP_UP = "top_up"  # buy credit by card, set auto-reload (owners only: it spends the card)
+    READ_BOTS = "read_bots"  # the wallet's bots and their caps (developers give their keys to bots)
+    MANAGE_BOTS = "manage_bots"  # create bots, set their caps and friendly answer, delete them
 
 
 _READS = frozenset({Permission.READ_WALLET, Permission.READ_ALL_USAGE, Permission.READ_OWN_USAGE,
                     Permission.READ_DEPOSITS, Permission.READ_ALL_KEYS, Permission.READ_MEMBERS,
-                    Permission.READ_SELF})
+                    Permission.READ_SELF, Permission.READ_BOTS})
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OWNER: frozenset(Permission),
     Role.DEVELOPER: frozenset({Permission.READ_WALLET, Permission.READ_OWN_USAGE, Permission.MANAGE_OWN_KEYS,
-                               Permission.READ_SELF, Permission.MANAGE_OWN_MANAGEMENT_KEYS}),
+                               Permission.READ_SELF, Permission.MANAGE_OWN_MANAGEMENT_KEYS, Permission.READ_BOTS}),
     Role.VIEWER: _READS | {Permission.MANAGE_OWN_MANAGEMENT_KEYS},
 }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from config.settings import Settings
@@ -23,6 +23,9 @@ from ledger.errors import LedgerError
 from ledger.holds import HoldStore
 from ledger.inprocess_holds import InProcessHolds
 from ledger.store import LedgerStore
+
+if TYPE_CHECKING:
+    from ledger.redis_notices import RedisNotices
 
 log = logging.getLogger("meterway.backends")
 
@@ -153,6 +156,16 @@ async def open_holds(settings: Settings, *, check: RedisCheck = "if_reachable") 
                           pipeline_max=limits.redis_pipeline_max, timeout_s=limits.redis_timeout_s,
                           grace_s=limits.redis_recovery_grace_s)
     return InProcessHolds()
+
+
+def notice_bus(holds: HoldStore, timeout_s: float) -> RedisNotices | None:
+    """Where cache notices go between processes: the hold store's Redis, on its prefix; embedded: nowhere."""
+    from ledger.redis_holds import RedisHolds
+    from ledger.redis_notices import RedisNotices
+
+    if not isinstance(holds, RedisHolds):
+        return None
+    return RedisNotices(holds.client, f"{holds.prefix}:notices", timeout_s)
 
 
 async def check_redis(client: Any, settings: Settings) -> None:
