@@ -69,7 +69,8 @@ def caps_of(key: ApiKeyRecord, conversation_id: str | None, now: datetime) -> tu
 
 
 def _windows(scope: CapScope, subject_id: str, limits: SpendLimits, now: datetime) -> list[CapSpec]:
-    found = [(Window.TOTAL, limits.total_nusd), (Window.DAY, limits.day_nusd), (Window.MONTH, limits.month_nusd)]
+    # The longest window first: when several refuse, the one named is the one waiting will not fix soonest.
+    found = [(Window.TOTAL, limits.total_nusd), (Window.MONTH, limits.month_nusd), (Window.DAY, limits.day_nusd)]
     return [cap_spec(scope, subject_id, window, limit, now) for window, limit in found if limit is not None]
 
 
