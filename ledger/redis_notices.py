@@ -48,25 +48,30 @@ class RedisNotices:
 
     async def listen(self, deliver: Callable[[str], None], resync: Callable[[], None],
                      subscribed: asyncio.Event | None = None) -> None:
-        """Deliver each notice until cancelled, reconnecting (with resync) after every loss of the connection."""
-        delay = RECONNECT_DELAY_S
+        """Deliver each notice until cancelled, reconnecting (with resync) after every loss of the connection.
+
+        ``subscribed`` is set while the subscription is live.
+        """
+        subscribed = subscribed or asyncio.Event()
+        failures = 0
         while True:
             try:
                 await self._listen_once(deliver, resync, subscribed)
             except UNAVAILABLE as exc:
+                failures = 1 if subscribed.is_set() else failures + 1  # one that worked starts the back-off afresh
+                subscribed.clear()
+                delay = min(RECONNECT_DELAY_S * 2 ** (failures - 1), RECONNECT_DELAY_MAX_S)
                 log.warning("notices: Redis connection lost (%s); reconnecting in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_DELAY_MAX_S)
 
     async def _listen_once(self, deliver: Callable[[str], None], resync: Callable[[], None],
-                           subscribed: asyncio.Event | None) -> None:
+                           subscribed: asyncio.Event) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             async with asyncio.timeout(self._timeout_s):
                 await pubsub.subscribe(self.channel)
             resync()  # whatever was published while nobody listened here is unknown: forget it all
-            if subscribed is not None:
-                subscribed.set()
+            subscribed.set()
             while True:
                 message = await pubsub.get_message(timeout=POLL_S)
                 if message is not None and message.get("type") == "message":
