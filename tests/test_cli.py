@@ -39,6 +39,8 @@ def test_wallets_keys_and_credits_from_the_command_line(tmp_path: Path) -> None:
     assert meterway(tmp_path, "keys", "revoke", key_id).returncode == 0
     assert "revoked" in meterway(tmp_path, "keys", "list").stdout
     assert meterway(tmp_path, "keys", "revoke", key_id).returncode == 1
+    limited = meterway(tmp_path, "keys", "create", "--wallet", "acme", "--total-limit", "20", "--daily-limit", "1.5")
+    assert limited.returncode == 0 and "spend:  lifetime $20, daily $1.5" in limited.stdout, limited
 
 
 @pytest.mark.parametrize("args,message", [
@@ -48,6 +50,8 @@ def test_wallets_keys_and_credits_from_the_command_line(tmp_path: Path) -> None:
     (("keys", "create", "--wallet", "nobody"), "no wallet"),
     (("wallet", "create", "bad id!"), "wallet id"),
     (("wallet", "credit", "acme", "1", "--id", "req_0123"), "reserved for requests"),
+    (("keys", "create", "--wallet", "acme", "--bot-id", "bot_ghost"), "no bot"),
+    (("keys", "create", "--wallet", "acme", "--daily-limit", "-1"), "non-negative"),
 ])
 def test_bad_operator_input_is_a_clear_message(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     meterway(tmp_path, "wallet", "create", "acme")

@@ -160,6 +160,10 @@ def _add_key_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("--expires-at", help="when the key stops working: ISO 8601 with a timezone, e.g. 2027-01-01T00:00:00Z")
     create.add_argument("--model", action="append", dest="models", metavar="MODEL",
                         help="a model the key may call (repeat for several); default: every model served")
+    create.add_argument("--bot-id", help="the wallet's bot the key belongs to: the bot's caps apply (see /api/bots)")
+    for window in ("total", "daily", "monthly"):
+        create.add_argument(f"--{window}-limit", metavar="USD",
+                            help=f"the key's own {'lifetime' if window == 'total' else window} spend limit, e.g. 5.00")
     create.set_defaults(run=_sync(keys_create))
     listing = _command(keys, "list", "list keys (never their secrets)", parents=[common])
     listing.add_argument("--wallet", help="only this wallet's keys")
