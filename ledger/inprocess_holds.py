@@ -127,8 +127,9 @@ class InProcessHolds:
         check_hold_id(hold_id)
         check_amount(amount_nusd)
         check_ttl(ttl_s)
-        check_caps(wallet_id, caps)
-        accounts = [(wallet_id, None), *((cap_account(wallet_id, c), c) for c in caps)]
+        if caps:
+            check_caps(wallet_id, caps)
+        accounts = [(wallet_id, None), *((cap_account(wallet_id, c), c) for c in caps)] if caps else [(wallet_id, None)]
         now = self._clock()
         fresh: list[tuple[_Wallet, str]] = []
         for account_id, cap_id in accounts:  # decide for every account before taking anything

@@ -135,8 +135,9 @@ class RedisHolds:
         check_hold_id(hold_id)
         check_amount(amount_nusd)
         check_ttl(ttl_s)
-        check_caps(wallet_id, caps)
-        accounts = [wallet_id, *(cap_account(wallet_id, cap_id) for cap_id in caps)]
+        if caps:
+            check_caps(wallet_id, caps)
+        accounts = [wallet_id, *(cap_account(wallet_id, cap_id) for cap_id in caps)] if caps else [wallet_id]
         keys = [self._keys.expiry_index, self._keys.generation]
         for account_id in accounts:
             keys += self._keys.wallet(account_id)

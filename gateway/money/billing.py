@@ -188,9 +188,11 @@ class Billing:
         try:
             result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s, cap_ids)
             # Each round mirrors one more account from the book: bounded by the accounts there are.
-            for _ in range(len(caps) + 1):
+            rounds = 0
+            while result.status is not ReserveStatus.RESERVED and rounds <= len(caps):
                 if not await self._refreshed(wallet_id, result, caps):
                     break
+                rounds += 1
                 result = await self.holds.reserve(wallet_id, request_id, amount_nusd, self._hold_ttl_s, cap_ids)
         except HoldStoreUnavailable:
             return Refused(Refusal.HOLDS_UNAVAILABLE)
@@ -211,8 +213,6 @@ class Billing:
         process: ask the book, at most once per account per refresh interval.
         """
         unknown = result.status is ReserveStatus.WALLET_UNKNOWN
-        if result.status is ReserveStatus.RESERVED:
-            return False
         if result.cap_id is not None:
             if not (unknown or self.caps.may_refresh(wallet_id, result.cap_id)):
                 return False
