@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from gateway.errors import ApiError, invalid_request
 from ledger.book import WALLET_ID_PATTERN
+from ledger.bots import BOT_NAME_MAX
 
 # Sizes of what an operator may name or write; generous, but bounded.
 ID_CHARS_MAX = 128
@@ -37,6 +38,7 @@ Identifier = Annotated[str, StringConstraints(strict=True, min_length=1, max_len
 TransferId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=ID_CHARS_MAX,
                                               pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/#@+=-]*$")]
 Name = Annotated[str, StringConstraints(strict=True, max_length=NAME_CHARS_MAX, pattern=_PRINTABLE)]
+BotName = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=BOT_NAME_MAX, pattern=_PRINTABLE)]
 Memo = Annotated[str, StringConstraints(strict=True, max_length=MEMO_CHARS_MAX, pattern=_PRINTABLE)]
 UsdAmount = Annotated[str, StringConstraints(strict=True, pattern=_USD_AMOUNT)]
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.errors import not_found
 from gateway.http import api_models as inputs
-from gateway.http.api_base import Caller, api, money_or_none
+from gateway.http.api_base import Caller, api, money, money_or_none
 from gateway.http.bodies import Refused, json_body, valid
 from gateway.http.notices import Subject
 from gateway.http.state import STATE
@@ -24,6 +24,7 @@ from gateway.money.roles import Permission
 from ledger.api_keys import SpendLimits
 from ledger.bots import Bot
 from ledger.caps import CapScope
+from ledger.history import Spend
 from ledger.money import parse_usd
 
 
@@ -35,13 +36,36 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/bots/{id}", api(Permission.MANAGE_BOTS, delete_bot))
 
 
-def bot_json(bot: Bot, caller: Caller) -> dict[str, Any]:
+def bot_json(bot: Bot, caller: Caller, spend: dict[str, dict[str, Spend]] | None = None) -> dict[str, Any]:
     settings = caller.owners.settings
-    return {"id": bot.bot_id, "object": "bot", "name": bot.name,
-            "daily_cap": money_or_none(bot.caps.day_nusd, settings),
-            "monthly_cap": money_or_none(bot.caps.month_nusd, settings),
-            "conversation_cap": money_or_none(bot.caps.conversation_nusd, settings),
-            "friendly_message": bot.friendly_message, "created_at": bot.created_at}
+    out = {"id": bot.bot_id, "object": "bot", "name": bot.name,
+           "daily_cap": money_or_none(bot.caps.day_nusd, settings),
+           "monthly_cap": money_or_none(bot.caps.month_nusd, settings),
+           "conversation_cap": money_or_none(bot.caps.conversation_nusd, settings),
+           "friendly_message": bot.friendly_message, "created_at": bot.created_at}
+    if spend is not None:
+        out["spend"] = {window: _spend_json(spend[window].get(bot.bot_id), caller) for window in ("today", "month")}
+    return out
+
+
+def _spend_json(spend: Spend | None, caller: Caller) -> dict[str, Any]:
+    spend = spend or Spend(0, 0, 0)
+    return {"requests": spend.requests, "cost": money(spend.cost_nusd, caller.owners.settings)}
+
+
+async def bots_spend(caller: Caller) -> dict[str, dict[str, Spend]]:
+    """What each bot's keys cost today and this month (UTC), from the usage rows: what its caps count."""
+    keys = {k.key_id: k.bot_id for k in await caller.owners.store.list_keys(caller.wallet_id) if k.bot_id}
+    today, month = await caller.owners.key_spend(caller.wallet_id, caller.now)
+    out: dict[str, dict[str, Spend]] = {"today": {}, "month": {}}
+    for window, by_key in (("today", today), ("month", month)):
+        for key_id, spend in by_key.items():
+            bot_id = keys.get(key_id)
+            if bot_id is not None:
+                was = out[window].get(bot_id, Spend(0, 0, 0))
+                out[window][bot_id] = Spend(was.requests + spend.requests, was.cost_nusd + spend.cost_nusd,
+                                            was.charged_nusd + spend.charged_nusd)
+    return out
 
 
 def _caps(body: inputs.BotPatch) -> SpendLimits:
@@ -61,12 +85,14 @@ async def _bot_of_wallet(caller: Caller, bot_id: str) -> Bot:
 
 async def list_bots(request: web.Request, caller: Caller) -> web.Response:
     bots = await caller.owners.store.list_bots(caller.wallet_id)
-    return web.json_response({"object": "list", "data": [bot_json(b, caller) for b in bots]})
+    spend = await bots_spend(caller)
+    return web.json_response({"object": "list", "data": [bot_json(b, caller, spend) for b in bots]})
 
 
 async def get_bot(request: web.Request, caller: Caller) -> web.Response:
     bot_id = valid(inputs.IdPath, dict(request.match_info)).id
-    return web.json_response(bot_json(await _bot_of_wallet(caller, bot_id), caller))
+    bot = await _bot_of_wallet(caller, bot_id)
+    return web.json_response(bot_json(bot, caller, await bots_spend(caller)))
 
 
 async def create_bot(request: web.Request, caller: Caller) -> web.Response:

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, field_validator
 
-from gateway.http.admin_models import AdminInput, Identifier, KeyLimitsInput, Name, UsdAmount, parse
-from ledger.bots import BOT_NAME_MAX, FRIENDLY_MESSAGE_MAX
+from gateway.http.admin_models import AdminInput, BotName, Identifier, KeyLimitsInput, Name, UsdAmount, parse
+from ledger.bots import FRIENDLY_MESSAGE_MAX
 from ledger.history import ENTRIES_LIMIT_MAX
 from ledger.owners import Role
 
@@ -72,7 +72,7 @@ class BotPatch(ApiInput):
 
 
 class CreateBot(BotPatch):
-    name: Name = Field(min_length=1, max_length=BOT_NAME_MAX)
+    name: BotName
 
 
 class Invite(ApiInput):
