@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.payments import StripeSettings, TopupSettings
+from config.traffic import TrafficSettings
 from config.pricing import ModelPrice
 from ledger.money import MoneyFormatError, parse_usd
 
@@ -290,6 +291,7 @@ class Settings(BaseSettings):
     wallet: WalletSettings = WalletSettings()
     stripe: StripeSettings = StripeSettings()  # card top-ups (config/payments.py)
     topup: TopupSettings = TopupSettings()
+    traffic: TrafficSettings = TrafficSettings()  # a key's traffic rules (config/traffic.py)
 
     @classmethod
     def settings_customise_sources(

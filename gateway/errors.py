@@ -9,6 +9,7 @@ This module knows no web framework, so every layer may use it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -102,3 +103,22 @@ def invalid_metrics_token() -> ApiError:
 def not_found(message: str) -> ApiError:
     return ApiError(404, message, "invalid_request_error", "not_found")
 
+
+
+def ip_not_allowed(address: str | None) -> ApiError:
+    return ApiError(403, f"This API key may not be used from {address or 'an unknown address'}.",
+                    "invalid_request_error", "ip_not_allowed", headers={"x-should-retry": "false"})
+
+
+def rate_limited(what: str, limit: int, used: float, retry_after_s: float, headers: dict[str, str]) -> ApiError:
+    """A 429 in OpenAI's words: type "requests" or "tokens", code rate_limit_exceeded, and when to retry."""
+    retry = max(1, math.ceil(retry_after_s))
+    per = "requests per min (RPM)" if what == "requests" else "tokens per min (TPM)"
+    return ApiError(429, f"Rate limit reached for this API key on {per}: Limit {limit}, Used {int(used)}. "
+                    f"Please try again in {retry}s.", what, "rate_limit_exceeded",
+                    headers={**headers, "Retry-After": str(retry)})
+
+
+def too_many_parallel(limit: int) -> ApiError:
+    return ApiError(429, f"This API key may have at most {limit} requests in flight; one must finish first.",
+                    "requests", "concurrency_limit_exceeded", headers={"Retry-After": "1"})

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
+from ledger.key_rules import KeyRules
+
 
 @dataclass(frozen=True)
 class SpendLimits:
@@ -59,6 +61,7 @@ class ApiKeyRecord:
     allowed_models: tuple[str, ...] | None = None  # None: every model the gateway serves
     limits: SpendLimits | None = None  # the key's own: lifetime, day, month (migration 0007)
     bot_rule: BotRule | None = None  # its bot, if it belongs to one (migration 0007)
+    rules: KeyRules | None = None  # IP allow-list, requests and tokens per minute, parallel requests (0008)
 
     @property
     def active(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from ledger.api_keys import ApiKeyRecord, SpendLimits
 from ledger.caps import CapBalance, CapSpec
+from ledger.key_rules import KeyRules
 
 BOT_NAME_MAX = 100
 FRIENDLY_MESSAGE_MAX = 2000
@@ -52,8 +53,8 @@ class Bots(Protocol):
         """False if there is no live bot; BotInUse while an active key belongs to it."""
         ...
 
-    async def set_key_limits(self, key_id: str, limits: SpendLimits) -> ApiKeyRecord | None:
-        """Replace a key's own spend limits (total, day, month); None if there is no such key."""
+    async def set_key_limits(self, key_id: str, limits: SpendLimits, rules: KeyRules | None = None) -> ApiKeyRecord | None:
+        """Replace a key's own spend limits (total, day, month) and traffic rules; None if there is no such key."""
         ...
 
     async def open_cap(self, spec: CapSpec) -> CapBalance:

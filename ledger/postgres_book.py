@@ -245,8 +245,9 @@ class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPaymen
             # Keys belong to wallets only: the foreign key alone would accept sys:revenue.
             status = await conn.execute(
                 "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models,"
-                " bot_id, total_limit_nusd, daily_limit_nusd, monthly_limit_nusd)"
-                " SELECT $1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9, $10, $11, $12, $13 WHERE EXISTS"
+                " bot_id, total_limit_nusd, daily_limit_nusd, monthly_limit_nusd, rpm_max, tpm_max, parallel_max, ip_allow)"
+                " SELECT $1, $2, $3, $4, $5, $6, $7, $8::timestamptz, $9, $10, $11, $12, $13, $14, $15, $16, $17"
+                " WHERE EXISTS"
                 " (SELECT 1 FROM mw_accounts WHERE id = $4 AND kind = 'wallet') AND ($7::text IS NULL OR EXISTS"
                 " (SELECT 1 FROM mw_members WHERE id = $7 AND wallet_id = $4 AND status = 'active'))"
                 " AND ($10::text IS NULL OR EXISTS"

@@ -11,6 +11,7 @@ from ledger.api_keys import ApiKeyRecord, SpendLimits
 from ledger.bots import RELIMIT_ROWS_MAX, Bot
 from ledger.caps import CapBalance, CapScope, CapSpec, Window
 from ledger.errors import BotExists, BotInUse, UnknownAccount
+from ledger.key_rules import KeyRules
 from ledger.postgres_access import PostgresAccess
 from ledger.postgres_postings import text_times
 
@@ -87,11 +88,12 @@ class PostgresBots(PostgresAccess):
 
         return await self._atomic(delete)
 
-    async def set_key_limits(self, key_id: str, limits: SpendLimits) -> ApiKeyRecord | None:
+    async def set_key_limits(self, key_id: str, limits: SpendLimits, rules: KeyRules | None = None) -> ApiKeyRecord | None:
         async def update(conn: asyncpg.Connection) -> ApiKeyRecord | None:
             status = await conn.execute(
-                "UPDATE mw_keys SET total_limit_nusd = $2, daily_limit_nusd = $3, monthly_limit_nusd = $4"
-                " WHERE id = $1", key_id, limits.total_nusd, limits.day_nusd, limits.month_nusd)
+                "UPDATE mw_keys SET total_limit_nusd = $2, daily_limit_nusd = $3, monthly_limit_nusd = $4,"
+                " rpm_max = $5, tpm_max = $6, parallel_max = $7, ip_allow = $8 WHERE id = $1",
+                key_id, limits.total_nusd, limits.day_nusd, limits.month_nusd, *rows.rule_values(rules))
             if status != "UPDATE 1":
                 return None
             row = await conn.fetchrow(f"{rows.KEY_SELECT} WHERE k.id = $1", key_id)

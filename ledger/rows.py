@@ -9,6 +9,7 @@ from typing import Any
 
 from ledger.api_keys import ApiKeyRecord, BotRule, SpendLimits
 from ledger.book import Payee, SettledUsage, Transfer, TransferKind, TransferRecord, UsageRecord
+from ledger.key_rules import KeyRules, rules_from_row
 from ledger.times import parse_utc, utc_text
 
 # A key with its member's limit and its live bot, as key_by_hash() reads it (the same SQL on both dialects).
@@ -45,10 +46,15 @@ def settled_usage(row: Mapping[str, Any]) -> SettledUsage:
     return SettledUsage(record, row["charged_nusd"], row["shortfall_nusd"], str(row["created_at"]))
 
 
-def key_limit_values(key: ApiKeyRecord) -> tuple[str | None, int | None, int | None, int | None]:
-    """(bot_id, total, daily, monthly limit) as mw_keys stores them."""
+def key_limit_values(key: ApiKeyRecord) -> tuple[Any, ...]:
+    """(bot_id, total, daily, monthly limit, rpm, tpm, parallel, ip allow-list) as mw_keys stores them."""
     limits = key.limits or SpendLimits()
-    return key.bot_id, limits.total_nusd, limits.day_nusd, limits.month_nusd
+    return (key.bot_id, limits.total_nusd, limits.day_nusd, limits.month_nusd, *rule_values(key.rules))
+
+
+def rule_values(rules: KeyRules | None) -> tuple[int | None, int | None, int | None, str | None]:
+    rules = rules or KeyRules()
+    return rules.rpm, rules.tpm, rules.parallel_max, rules.ip_allow_json()
 
 
 def allowed_models_json(key: ApiKeyRecord) -> str | None:
@@ -71,6 +77,7 @@ def key_record(row: Mapping[str, Any]) -> ApiKeyRecord:
         allowed_models=None if row.get("allowed_models") is None else tuple(json.loads(row["allowed_models"])),
         limits=key_limits(row),
         bot_rule=bot_rule(row),
+        rules=rules_from_row(row.get("rpm_max"), row.get("tpm_max"), row.get("parallel_max"), row.get("ip_allow")),
     )
 
 

@@ -190,7 +190,8 @@ class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments, Sqlite
                 raise UnknownAccount(f"no bot {key.bot_id!r} in wallet {key.wallet_id!r}")
             conn.execute(
                 "INSERT INTO mw_keys (id, secret_hash, prefix, wallet_id, name, bot, member_id, expires_at, allowed_models,"
-                " bot_id, total_limit_nusd, daily_limit_nusd, monthly_limit_nusd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " bot_id, total_limit_nusd, daily_limit_nusd, monthly_limit_nusd, rpm_max, tpm_max, parallel_max, ip_allow)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key.key_id, key.secret_hash, key.prefix, key.wallet_id, key.name, key.bot, key.member_id, key.expires_at,
                  allowed_models_json(key), *key_limit_values(key)),
             )

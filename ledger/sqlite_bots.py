@@ -10,6 +10,7 @@ from ledger.api_keys import ApiKeyRecord, SpendLimits
 from ledger.bots import RELIMIT_ROWS_MAX, Bot
 from ledger.caps import CapBalance, CapScope, CapSpec, Window
 from ledger.errors import BotExists, BotInUse, UnknownAccount
+from ledger.key_rules import KeyRules
 from ledger.sqlite_access import SqliteAccess
 from ledger.times import utc_text
 
@@ -94,11 +95,12 @@ class SqliteBots(SqliteAccess):
 
         return await self._atomic(delete)
 
-    async def set_key_limits(self, key_id: str, limits: SpendLimits) -> ApiKeyRecord | None:
+    async def set_key_limits(self, key_id: str, limits: SpendLimits, rules: KeyRules | None = None) -> ApiKeyRecord | None:
         def update(conn: sqlite3.Connection) -> ApiKeyRecord | None:
             cur = conn.execute(
-                "UPDATE mw_keys SET total_limit_nusd = ?, daily_limit_nusd = ?, monthly_limit_nusd = ? WHERE id = ?",
-                (limits.total_nusd, limits.day_nusd, limits.month_nusd, key_id))
+                "UPDATE mw_keys SET total_limit_nusd = ?, daily_limit_nusd = ?, monthly_limit_nusd = ?, rpm_max = ?,"
+                " tpm_max = ?, parallel_max = ?, ip_allow = ? WHERE id = ?",
+                (limits.total_nusd, limits.day_nusd, limits.month_nusd, *rows.rule_values(rules), key_id))
             if cur.rowcount != 1:
                 return None
             row = conn.execute(f"{rows.KEY_SELECT} WHERE k.id = ?", (key_id,)).fetchone()

@@ -164,6 +164,11 @@ def _add_key_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     for window in ("total", "daily", "monthly"):
         create.add_argument(f"--{window}-limit", metavar="USD",
                             help=f"the key's own {'lifetime' if window == 'total' else window} spend limit, e.g. 5.00")
+    create.add_argument("--rpm", type=int, help="requests per minute, shared by every gateway process")
+    create.add_argument("--tpm", type=int, help="tokens per minute (counted as each request ends)")
+    create.add_argument("--max-parallel", type=int, help="requests in flight at once")
+    create.add_argument("--ip-allow", action="append", metavar="CIDR",
+                        help="an address or range the key may be used from (repeat for more)")
     create.set_defaults(run=_sync(keys_create))
     listing = _command(keys, "list", "list keys (never their secrets)", parents=[common])
     listing.add_argument("--wallet", help="only this wallet's keys")

@@ -18,7 +18,7 @@ from gateway.errors import ApiError, invalid_request, not_found
 from gateway.http import admin_models as inputs
 from gateway.http.auth import bearer_matches
 from gateway.http.bodies import Refused, json_body, valid
-from gateway.http.key_limits import key_limits, limits_json, spend_limits
+from gateway.http.key_limits import key_limits, key_rules, limits_json, spend_limits
 from gateway.http.notices import Subject
 from gateway.http.responses import error_response
 from gateway.http.state import STATE
@@ -139,7 +139,8 @@ async def create_key(request: web.Request, ops: Operations) -> web.Response:
     payload = valid(inputs.CreateKey, await json_body(request))
     expires_at, models = key_limits(payload, request.app[STATE].routes)
     new, record = await ops.create_key(payload.wallet, payload.name, payload.bot, expires_at=expires_at,
-                                       allowed_models=models, bot_id=payload.bot_id, limits=spend_limits(payload))
+                                       allowed_models=models, bot_id=payload.bot_id, limits=spend_limits(payload),
+                                       rules=key_rules(payload))
     return web.json_response({"id": record.key_id, "key": new.secret, "prefix": record.prefix,
                               "wallet": record.wallet_id, "name": record.name, "bot": record.bot,
                               **limits_json(record)}, status=201)

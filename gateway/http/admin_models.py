@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from gateway.errors import ApiError, invalid_request
 from ledger.book import WALLET_ID_PATTERN
 from ledger.bots import BOT_NAME_MAX
+from ledger.key_rules import IP_ALLOW_MAX, RATE_MAX
 
 # Sizes of what an operator may name or write; generous, but bounded.
 ID_CHARS_MAX = 128
@@ -72,6 +73,12 @@ class KeyLimitsInput(AdminInput):
     total_limit: UsdAmount | None = None
     daily_limit: UsdAmount | None = None
     monthly_limit: UsdAmount | None = None
+    # Its traffic rules: requests and tokens per minute, requests in flight, addresses (CIDR).
+    rpm: int | None = Field(None, gt=0, le=RATE_MAX)
+    tpm: int | None = Field(None, gt=0, le=RATE_MAX)
+    max_parallel: int | None = Field(None, gt=0, le=RATE_MAX)
+    ip_allow: list[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64)]] | None = Field(
+        None, min_length=1, max_length=IP_ALLOW_MAX)
 
     @field_validator("expires_at")
     @classmethod
@@ -82,11 +89,16 @@ class KeyLimitsInput(AdminInput):
 
 
 class KeySpendPatch(AdminInput):
-    """A key's own spend limits, replaced whole: a limit left out is removed."""
+    """A key's own spend limits and traffic rules, replaced whole: a limit left out is removed."""
 
     total_limit: UsdAmount | None = None
     daily_limit: UsdAmount | None = None
     monthly_limit: UsdAmount | None = None
+    rpm: int | None = Field(None, gt=0, le=RATE_MAX)
+    tpm: int | None = Field(None, gt=0, le=RATE_MAX)
+    max_parallel: int | None = Field(None, gt=0, le=RATE_MAX)
+    ip_allow: list[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64)]] | None = Field(
+        None, min_length=1, max_length=IP_ALLOW_MAX)
 
 
 class CreateKey(KeyLimitsInput):

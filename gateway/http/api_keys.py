@@ -16,7 +16,7 @@ from gateway.http import api_models as inputs
 from gateway.http.admin_models import KeySpendPatch
 from gateway.http.api_base import Caller, api, money
 from gateway.http.bodies import Refused, json_body, valid
-from gateway.http.key_limits import key_limits, limits_json, spend_limits
+from gateway.http.key_limits import key_limits, key_rules, limits_json, spend_limits
 from gateway.http.notices import Subject
 from gateway.http.state import STATE
 from gateway.money.caps import apply_limits
@@ -68,7 +68,7 @@ async def create_key(request: web.Request, caller: Caller) -> web.Response:
     try:
         new, record = await Operations(state.book, state.holds).create_key(
             caller.wallet_id, body.name, body.bot, member_id=caller.member_id, expires_at=expires_at,
-            allowed_models=models, bot_id=body.bot_id, limits=spend_limits(body))
+            allowed_models=models, bot_id=body.bot_id, limits=spend_limits(body), rules=key_rules(body))
     except UnknownAccount as exc:  # the wallet is the caller's own: only the bot can be unknown
         raise Refused(invalid_request(f"No bot {body.bot_id!r} in this wallet.", "bot_id", "unknown_bot")) from exc
     out = key_json(record, caller, {}, {})
@@ -95,7 +95,7 @@ async def patch_key(request: web.Request, caller: Caller) -> web.Response:
     if key is None:
         raise Refused(not_found(f"no active key {key_id!r}"))
     limits = spend_limits(body) or SpendLimits()
-    changed = await state.book.set_key_limits(key_id, limits)
+    changed = await state.book.set_key_limits(key_id, limits, key_rules(body))
     assert changed is not None, key_id  # listed as active just now; keys are never deleted
     await apply_limits(state.book, state.holds, caller.wallet_id, CapScope.KEY, key_id, limits)
     await state.notices.announce(Subject.KEY, key_id)

@@ -24,9 +24,10 @@ from gateway.money.calls import build_routes
 from gateway.money.hold_recovery import heartbeat_forever
 from gateway.money.replay import replay_at_start
 from gateway.money.settlement import settler_for
-from gateway.money.stores import Stores, notice_bus, open_stores
+from gateway.money.stores import Stores, notice_bus, open_stores, rate_store
 from gateway.money.sweeper import expire_credit_forever, sweep_forever
 from gateway.money.topups import open_payments
+from gateway.money.traffic import Traffic
 from gateway.upstream import Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,11 +72,13 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         if payments is not None:
             settler.observers.append(payments.reloader.observe)
         notices = Notices(notice_bus(stores.holds, limits.redis_timeout_s))
+        traffic = Traffic(rate_store(stores.holds, settings.traffic.rate_timeout_s), settings.traffic.parallel_slot_ttl_s)
         notices.subscribe(keys.hear)
         notices.subscribe(app[MANAGEMENT_KEYS].hear)
         app[STATE] = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
-            metrics=metrics, routes=routes, proxy=proxy.attach(keys, routes, billing, upstream, metrics),
+            metrics=metrics, routes=routes,
+            proxy=proxy.attach(keys, routes, billing, upstream, metrics, traffic, settings.traffic),
             notices=notices, payments=payments,
         )
         settler.start()

@@ -18,11 +18,13 @@ from aiohttp import web
 
 from config.pricing import TokenUsage
 from config.settings import Limits
+from config.traffic import TrafficSettings
 from gateway import errors
 from gateway.dialects import openai
 from gateway.dialects import openai_friendly as friendly
 from gateway.errors import ApiError
 from gateway.http.auth import KeyCache, authenticate
+from gateway.http.client_ip import IpNetwork, client_address
 from gateway.http.relay import Relay
 from gateway.http.responses import error_response, observe, passthrough_error, refusal_error, upstream_failed
 from gateway.metering.metering import Metered, meter
@@ -30,6 +32,7 @@ from gateway.metrics import Metrics
 from gateway.money.billing import SHORT_OF_MONEY, Billing, Hold, Refused
 from gateway.money.calls import Call, Route, usage_record
 from gateway.money.operations import REQUEST_ID_PREFIX
+from gateway.money.traffic import Traffic
 from gateway.upstream import Upstream, UpstreamFailed
 from ledger.book import SettleResult
 from ledger.money import format_usd
@@ -67,13 +70,18 @@ class Proxy:
     _upstream: Upstream
     _metrics: Metrics
     _relay: Relay
+    _traffic: Traffic
+    _trusted: tuple[IpNetwork, ...]
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self.in_flight = 0
 
     def attach(self, keys: KeyCache, routes: dict[str, Route], billing: Billing, upstream: Upstream,
-               metrics: Metrics) -> Proxy:
+               metrics: Metrics, traffic: Traffic, settings: TrafficSettings) -> Proxy:
+        self._traffic = traffic
+        self._trusted = settings.trusted_networks()
+        self._forwarded_chars_max = settings.forwarded_for_chars_max
         self._keys = keys
         self._routes = routes
         self._billing = billing
@@ -94,21 +102,36 @@ class Proxy:
             call = await self._prepare(request, endpoint, request_id, started)
             if isinstance(call, ApiError):
                 return self._refuse(endpoint, call, request_id)
-            route = call.route
-            estimate = openai.estimate(call.request, len(call.body), route.price, route.encoding, route.rates,
-                                       self._limits.tokenize_bytes_max)
-            held = await self._billing.hold(call, estimate)
-            if isinstance(held, Refused):
-                friendly = call.key.bot_rule.friendly_message if call.key.bot_rule is not None else None
-                if friendly is not None and held.reason in SHORT_OF_MONEY and endpoint == "chat":
-                    return await self._friendly(request, call, held, friendly)
-                return self._refuse(endpoint, refusal_error(held), request_id)
-            async with held as hold:
-                if call.request.stream:
-                    return await self._relay.relay(request, call, hold)
-                return await self._forward(call, hold)
+            rules = call.key.rules
+            if rules is None or not rules.limits_traffic:
+                return (await self._serve(request, call))[0]
+            refused = await self._traffic.admit(call.key.key_id, rules, request_id)
+            if refused is not None:
+                return self._refuse(endpoint, refused, request_id)
+            tokens = 0
+            try:
+                response, tokens = await self._serve(request, call)
+                return response
+            finally:  # every way out frees the parallel slot, and counts the tokens used
+                await self._traffic.finish(call.key.key_id, rules, request_id, tokens)
         finally:
             self.in_flight -= 1
+
+    async def _serve(self, request: web.Request, call: Call) -> tuple[web.StreamResponse, int]:
+        """Hold, forward or relay, charge: the response, and the tokens it was charged for."""
+        route = call.route
+        estimate = openai.estimate(call.request, len(call.body), route.price, route.encoding, route.rates,
+                                   self._limits.tokenize_bytes_max)
+        held = await self._billing.hold(call, estimate)
+        if isinstance(held, Refused):
+            friendly = call.key.bot_rule.friendly_message if call.key.bot_rule is not None else None
+            if friendly is not None and held.reason in SHORT_OF_MONEY and call.endpoint == "chat":
+                return await self._friendly(request, call, held, friendly), 0
+            return self._refuse(call.endpoint, refusal_error(held), call.request_id), 0
+        async with held as hold:
+            if call.request.stream:
+                return await self._relay.relay(request, call, hold), hold.tokens
+            return await self._forward(call, hold), hold.tokens
 
     def _refuse(self, endpoint: str, error: ApiError, request_id: str) -> web.Response:
         self._metrics.refused(endpoint, error.status)
@@ -118,6 +141,10 @@ class Proxy:
         key = await authenticate(self._keys, request.headers.get("Authorization"))
         if isinstance(key, ApiError):
             return key
+        if key.rules is not None and key.rules.ip_allow is not None:
+            address = client_address(request, self._trusted, self._forwarded_chars_max)
+            if not key.rules.allows(address):
+                return errors.ip_not_allowed(address)
         limit = self._limits.body_bytes_max
         if request.content_length is not None and request.content_length > limit:
             return errors.body_too_large(limit)

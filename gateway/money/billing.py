@@ -87,6 +87,7 @@ class Hold:
         self.wallet_id = wallet_id
         self.amount_nusd = amount_nusd
         self.caps = caps  # the spend caps held against too: settled with the wallet
+        self.tokens = 0  # what the request was charged for, once charged: its key's tokens per minute count them
         self._state = HoldState.OPEN
 
     @property
@@ -110,6 +111,7 @@ class Hold:
         assert record.held_nusd == self.amount_nusd, (self, record)
         if self.caps:
             record = dataclasses.replace(record, caps=self.caps)
+        self.tokens = record.prompt_tokens + record.completion_tokens
         self._state = HoldState.SETTLED
         # Once enqueued (synchronously, so no cancellation can come between),
         # the Settler owns the record: committed, or journaled at shutdown.

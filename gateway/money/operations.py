@@ -34,6 +34,7 @@ from ledger.book import (
 from ledger.bots import Bots
 from ledger.errors import NotAWallet, UnknownAccount
 from ledger.holds import HoldStore, HoldStoreUnavailable, WalletHolds
+from ledger.key_rules import KeyRules
 
 log = logging.getLogger("meterway.operations")
 
@@ -97,7 +98,7 @@ class Operations:
     async def create_key(self, wallet_id: str, name: str | None = None, bot: str | None = None,
                          member_id: str | None = None, expires_at: str | None = None,
                          allowed_models: tuple[str, ...] | None = None, bot_id: str | None = None,
-                         limits: SpendLimits | None = None) -> tuple[NewKey, ApiKeyRecord]:
+                         limits: SpendLimits | None = None, rules: KeyRules | None = None) -> tuple[NewKey, ApiKeyRecord]:
         """A new inference key, shown once.
 
         A member's key counts against the member's monthly limit; a bot's key
@@ -114,7 +115,8 @@ class Operations:
             rule, bot = BotRule(bot_id, found.caps, found.friendly_message), bot or found.name
         new = generate_key()
         record = ApiKeyRecord(new.key_id, new.secret_hash, new.display_prefix, wallet_id, name, bot, member_id=member_id,
-                              expires_at=expires_at, allowed_models=allowed_models, limits=limits, bot_rule=rule)
+                              expires_at=expires_at, allowed_models=allowed_models, limits=limits, bot_rule=rule,
+                              rules=rules)
         await self.book.create_key(record)
         return new, record
 

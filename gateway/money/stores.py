@@ -22,6 +22,7 @@ from ledger.book import Book
 from ledger.errors import LedgerError
 from ledger.holds import HoldStore
 from ledger.inprocess_holds import InProcessHolds
+from ledger.rates import InProcessRates, RateStore
 from ledger.store import LedgerStore
 
 if TYPE_CHECKING:
@@ -156,6 +157,16 @@ async def open_holds(settings: Settings, *, check: RedisCheck = "if_reachable") 
                           pipeline_max=limits.redis_pipeline_max, timeout_s=limits.redis_timeout_s,
                           grace_s=limits.redis_recovery_grace_s)
     return InProcessHolds()
+
+
+def rate_store(holds: HoldStore, timeout_s: float) -> RateStore:
+    """Where keys' rate counts live: the hold store's Redis (shared by every process), else this process."""
+    from ledger.redis_holds import RedisHolds
+    from ledger.redis_rates import RedisRates
+
+    if isinstance(holds, RedisHolds):
+        return RedisRates(holds.client, holds.prefix, timeout_s)
+    return InProcessRates()
 
 
 def notice_bus(holds: HoldStore, timeout_s: float) -> RedisNotices | None:
