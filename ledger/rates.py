@@ -58,16 +58,15 @@ def sliding(previous: float, current: float, elapsed: float) -> float:
 
 
 def wait_s(previous: float, current: float, elapsed: float, limit: float) -> float:
-    """How long until sliding() drops below limit, with nothing new counted (at least 1 s)."""
-    if current < limit and previous > 0:
-        # Within this minute, as the previous one's weight falls.
-        needed = 1.0 - (limit - current) / previous
-        if needed > elapsed:
-            return max(1.0, (needed - elapsed) * WINDOW_S)
+    """How long until sliding() is at most limit, with nothing new counted (at least 1 s)."""
+    if sliding(previous, current, elapsed) <= limit:
         return 1.0
+    if current <= limit:
+        # Within this minute, as the previous one's weight falls (previous > 0, or the window would fit).
+        needed = 1.0 - (limit - current) / previous
+        return max(1.0, (needed - elapsed) * WINDOW_S)
     # Only once this minute becomes the previous one and its weight falls enough.
-    later = 1.0 - limit / current if current > 0 else 0.0
-    return max(1.0, (1.0 - elapsed + max(later, 0.0)) * WINDOW_S)
+    return max(1.0, (1.0 - elapsed + 1.0 - limit / current) * WINDOW_S)
 
 
 def decide(rules: KeyRules, previous: tuple[float, float], current: tuple[float, float], elapsed: float,
@@ -77,10 +76,11 @@ def decide(rules: KeyRules, previous: tuple[float, float], current: tuple[float,
     tokens = sliding(previous[1], current[1], elapsed)
     reset_s = (1.0 - elapsed) * WINDOW_S
     if rules.rpm is not None and requests + 1 > rules.rpm:
-        return Admission(False, Limit.REQUESTS, wait_s(previous[0], current[0], elapsed, rules.rpm), requests,
+        # Admitted again once the window holds at most rpm - 1: this request then fits.
+        return Admission(False, Limit.REQUESTS, wait_s(previous[0], current[0], elapsed, rules.rpm - 1), requests,
                          tokens, reset_s)
     if rules.tpm is not None and tokens >= rules.tpm:
-        return Admission(False, Limit.TOKENS, wait_s(previous[1], current[1], elapsed, rules.tpm), requests,
+        return Admission(False, Limit.TOKENS, wait_s(previous[1], current[1], elapsed, rules.tpm - 1), requests,
                          tokens, reset_s)
     if rules.parallel_max is not None and in_flight >= rules.parallel_max:
         return Admission(False, Limit.PARALLEL, 1.0, requests, tokens, reset_s)
