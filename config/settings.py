@@ -28,8 +28,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.payments import StripeSettings, TopupSettings
-from config.traffic import TrafficSettings
 from config.pricing import ModelPrice
+from config.traffic import TrafficSettings
 from ledger.money import MoneyFormatError, parse_usd
 
 EXAMPLE_CONFIG_PATH = Path(__file__).with_name("example.toml")

@@ -7,6 +7,7 @@ status, code and headers, and charges nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
@@ -30,7 +31,7 @@ async def ruled_key(gw, rules: KeyRules, usd: str = "1") -> tuple[str, str]:
 
 
 async def post(gw, secret: str, headers: dict[str, str] | None = None, content: str = "hi") -> tuple[int, dict, dict]:
-    body = ('{"model": "flat-fee", "messages": [{"role": "user", "content": "%s"}]}' % content).encode()
+    body = json.dumps({"model": "flat-fee", "messages": [{"role": "user", "content": content}]}).encode()
     return await gw.raw_post("/v1/chat/completions", body, secret, headers)
 
 
