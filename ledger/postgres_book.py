@@ -41,8 +41,8 @@ from ledger.postgres_history import PostgresHistory
 from ledger.postgres_lots import PostgresLots
 from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_payments import PostgresPayments
-from ledger.postgres_provider_keys import PostgresProviderKeys
 from ledger.postgres_postings import text_times as _text_times
+from ledger.postgres_provider_keys import PostgresProviderKeys
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
 from ledger.rows import KEY_SELECT, allowed_models_json, key_limit_values, key_record, settled_usage, transfer_record
 from ledger.times import parse_utc

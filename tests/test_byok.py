@@ -18,7 +18,7 @@ import pytest
 from config.pricing import TokenUsage, cost_nusd
 from gateway.money.wallet_owners import WalletOwners
 from ledger.api_keys import SpendLimits
-from ledger.book import FEES_ACCOUNT, REVENUE_ACCOUNT
+from ledger.book import FEES_ACCOUNT
 from ledger.bots import Bot
 from ledger.money import format_usd, parse_usd
 from tests.test_api_permissions import call
@@ -88,6 +88,7 @@ async def test_a_header_key_goes_upstream_and_a_free_call_needs_no_balance(gatew
     assert (await upstream_auth(fake_upstream))[-1] == f"Bearer {mine}"  # the caller's key, not the operator's
     usage = await gw.usage(raw.headers["x-request-id"], key)
     assert (usage["cost_nusd"], usage["charged_nusd"], usage["held_nusd"]) == (0, 0, 0)
+    assert (usage["byok"], usage["provider_cost_nusd"]) == (True, expected)
     settled = await gw.state.book.usage(raw.headers["x-request-id"])
     assert settled is not None and (settled.record.byok, settled.record.provider_cost_nusd) == (True, expected)
     assert settled.record.prompt_tokens == 1000 and settled.record.completion_tokens == 500  # still metered

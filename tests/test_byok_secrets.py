@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 
 from gateway.money.secrets_box import secrets_box
 from tests.test_api_permissions import call
-from tests.test_byok import master  # noqa: F401 (the fixture)
 from tests.test_byok import HEADER, MINI, byok_gateway, master_key, new_provider_key, org, upstream_auth, user
 
 
@@ -28,6 +27,14 @@ def pieces(secret: str, size: int = 8) -> list[str]:
     """The secret and every piece of it long enough to matter (its hint, the last four, is allowed)."""
     tail = secret[len("sk-byok-"):]  # the random part: the prefix is common to every test key
     return [tail[i:i + size] for i in range(len(tail) - size + 1)]
+
+
+@pytest.fixture
+def master(monkeypatch: pytest.MonkeyPatch) -> str:
+    key = master_key()
+    monkeypatch.setenv("MW_MASTER_KEY", key)
+    monkeypatch.delenv("MW_MASTER_KEY_OLD", raising=False)
+    return key
 
 
 async def all_rows_text(gw) -> str:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from config.byok import ByokSettings
 from gateway.logs import RedactSecrets
-from gateway.money.byok import fee_estimate
 from gateway.metering.metering import Estimate
+from gateway.money.byok import fee_estimate
 from gateway.money.calls import byok_fee_nusd
 from gateway.money.provider_keys import OpenedKey, StoredKeys, choose, last4, open_record, sealed_record
 from gateway.money.secrets_box import BoxUnavailable, SecretsBox, Unreadable, parse_master_key, secrets_box

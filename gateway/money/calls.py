@@ -13,13 +13,13 @@ import logging
 import time
 from dataclasses import dataclass
 
+from config.byok import BASIS_POINTS_PER_WHOLE
 from config.pricing import ModelPrice
 from config.settings import ModelConfig, Provider, Settings
 from gateway.dialects.openai import UPSTREAM_PATHS, Request
 from gateway.metering.media import MediaRates
 from gateway.metering.metering import Metered, rates_of
 from gateway.metering.tokens import EncodingChoice, encoding_for
-from config.byok import BASIS_POINTS_PER_WHOLE
 from ledger.book import FEES_ACCOUNT, REVENUE_ACCOUNT, ApiKeyRecord, Payee, UsageRecord
 
 log = logging.getLogger("meterway.calls")
