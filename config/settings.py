@@ -29,8 +29,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from config.byok import ByokSettings
 from config.payments import StripeSettings, TopupSettings
-from config.traffic import TrafficSettings
 from config.pricing import ModelPrice
+from config.traffic import TrafficSettings
 from ledger.money import MoneyFormatError, parse_usd
 
 EXAMPLE_CONFIG_PATH = Path(__file__).with_name("example.toml")
