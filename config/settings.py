@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from config.byok import ByokSettings
 from config.payments import StripeSettings, TopupSettings
 from config.pricing import ModelPrice
 from config.traffic import TrafficSettings
@@ -292,6 +293,7 @@ class Settings(BaseSettings):
     stripe: StripeSettings = StripeSettings()  # card top-ups (config/payments.py)
     topup: TopupSettings = TopupSettings()
     traffic: TrafficSettings = TrafficSettings()  # a key's traffic rules (config/traffic.py)
+    byok: ByokSettings = ByokSettings()  # bring your own provider key (config/byok.py)
 
     @classmethod
     def settings_customise_sources(

@@ -9,11 +9,14 @@ Two defences, installed by `meterway serve` where logging is configured:
   one line naming the error class only, at WARNING: a client's mistake is
   not our traceback.
 - `RedactSecrets`, on every handler of the root logger, rewrites whatever is
-  left: `Bearer …` values, `Authorization:` values, Meterway keys (`mw-…`,
-  `mwm-…`), invitation tokens in `/api/invites/…` paths,
-  provider-style keys (`sk-…`), and the configured secrets themselves (admin
-  and metrics tokens, provider keys, database and Redis passwords), including
-  any long prefix of them, in the message, its arguments and its traceback.
+  left: `Bearer …` values, `Authorization:` and `X-Provider-Api-Key:` values
+  (BYOK), `"api_key": …` in a JSON body, Meterway keys (`mw-…`, `mwm-…`),
+  invitation tokens in `/api/invites/…` paths, provider-style keys (`sk-…`,
+  `sk-ant-…`, `sk-or-v1-…`, Google's `AIza…`, Groq's `gsk_…`, xAI's `xai-…`,
+  Hugging Face's `hf_…`), sealed provider keys (`mwk1.…`), and the configured
+  secrets themselves (admin and metrics tokens, provider keys, the BYOK master
+  keys, database and Redis passwords), including any long prefix of them, in
+  the message, its arguments and its traceback.
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ _STOP = r"[^\s'\"\\,;]"  # characters a token is made of, in a repr or a header 
 _PATTERNS = (
     re.compile(rf"(?i)(\bbearer\s+){_STOP}+"),
     re.compile(rf"(?i)(\bauthorization\b['\"]?\s*[:=,]\s*['\"]?)(?!bearer\b){_STOP}+"),
+    re.compile(rf"(?i)(\bx-provider-api-key\b['\"]?\s*[:=,]\s*['\"]?){_STOP}+"),  # a BYOK key in its header
+    re.compile(rf"(?i)(\bapi_key\b['\"]?\s*[:=]\s*['\"]?){_STOP}+"),  # one being stored (POST /api/provider-keys)
     re.compile(r"(\bmwm?-)[A-Za-z0-9_-]{4,}"),  # inference (mw-) and management (mwm-) keys
     re.compile(r"(/api/invites/)[A-Za-z0-9_-]{8,}"),  # an invitation link works once, for whoever has it
-    re.compile(r"(\bsk-)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(\bsk-)[A-Za-z0-9_-]{8,}"),  # OpenAI, Anthropic (sk-ant-), OpenRouter (sk-or-v1-), DeepSeek
+    re.compile(r"(\bAIza)[A-Za-z0-9_-]{16,}"),  # Google AI Studio / Gemini
+    re.compile(r"(\b(?:gsk|hf)_)[A-Za-z0-9]{16,}"),  # Groq, Hugging Face
+    re.compile(r"(\bxai-)[A-Za-z0-9]{16,}"),  # xAI
+    re.compile(r"(\bmwk1\.)[0-9a-f]{8}\.[A-Za-z0-9_=-]+"),  # a sealed provider key (gateway/money/secrets_box.py)
     re.compile(r"(\b(?:sk|rk)_(?:live|test)_)[A-Za-z0-9]{8,}"),  # Stripe secret and restricted keys
     re.compile(r"(\bwhsec_)[A-Za-z0-9]{8,}"),  # Stripe webhook secrets
 )
@@ -95,6 +104,7 @@ def secrets_of(settings: Settings) -> list[str]:
     found = [token.get_secret_value() for token in (settings.admin_token, settings.metrics_token) if token]
     found += [key for provider in settings.providers.values() if (key := provider.resolve_api_key())]
     found += settings.stripe.secrets()  # Stripe's secret key and webhook secret
+    found += settings.byok.secrets()  # the BYOK master keys (MW_MASTER_KEY, MW_MASTER_KEY_OLD)
     for url in (settings.database_url, settings.redis_url):
         if url and (password := urlsplit(url).password):
             found.append(password)

@@ -32,7 +32,8 @@ REVENUE_ACCOUNT = "sys:revenue"
 FUNDING_ACCOUNT = "sys:funding"
 SHORTFALL_ACCOUNT = "sys:shortfall"
 DISCOUNTS_ACCOUNT = "sys:discounts"  # pays top-up discounts (migration 0004, ledger/payments.py)
-SYSTEM_ACCOUNTS = (REVENUE_ACCOUNT, FUNDING_ACCOUNT, SHORTFALL_ACCOUNT, DISCOUNTS_ACCOUNT)
+FEES_ACCOUNT = "sys:fees"  # receives BYOK fees (migration 0009, gateway/money/byok.py)
+SYSTEM_ACCOUNTS = (REVENUE_ACCOUNT, FUNDING_ACCOUNT, SHORTFALL_ACCOUNT, DISCOUNTS_ACCOUNT, FEES_ACCOUNT)
 WALLET_KIND = "wallet"  # an account kind (mw_account_kinds): may not go negative
 RECEIVABLE_KIND = "receivable"  # what a wallet owes after a reversal it could not pay
 RECEIVABLE_PREFIX = "recv:"  # recv:<wallet id>; ':' is not allowed in a wallet id, so no clash
@@ -218,6 +219,10 @@ class UsageRecord:
     payees: tuple[Payee, ...] = ()
     # The spend caps (ledger/caps.py) this request was held against: settling adds its cost to each.
     caps: tuple[str, ...] = ()
+    # What the provider's price list says the call cost; cost_nusd is what the wallet pays: the same
+    # for a plain call, the BYOK fee (or 0) when byok (forwarded with the caller's own provider key).
+    provider_cost_nusd: int | None = None
+    byok: bool = False
 
     def __post_init__(self) -> None:
         assert self.cost_nusd >= 0 and self.held_nusd >= 0, self

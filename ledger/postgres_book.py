@@ -42,6 +42,7 @@ from ledger.postgres_lots import PostgresLots
 from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_payments import PostgresPayments
 from ledger.postgres_postings import text_times as _text_times
+from ledger.postgres_provider_keys import PostgresProviderKeys
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
 from ledger.rows import KEY_SELECT, allowed_models_json, key_limit_values, key_record, settled_usage, transfer_record
 from ledger.times import parse_utc
@@ -85,7 +86,7 @@ def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFail
 MIGRATION_LOCK_ID = 0x6D77_6D69
 
 
-class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments, PostgresBots):
+class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments, PostgresBots, PostgresProviderKeys):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

@@ -42,7 +42,9 @@ def transfer_record(row: Mapping[str, Any]) -> TransferRecord:
 
 def settled_usage(row: Mapping[str, Any]) -> SettledUsage:
     payees = tuple(Payee(**p) for p in json.loads(row["payees"]))
-    record = UsageRecord(**{name: row[name] for name in USAGE_COLUMNS}, payees=payees)
+    values = {name: row[name] for name in USAGE_COLUMNS}
+    values["byok"] = bool(values["byok"])  # SQLite keeps a boolean as 0 or 1
+    record = UsageRecord(**values, payees=payees)
     return SettledUsage(record, row["charged_nusd"], row["shortfall_nusd"], str(row["created_at"]))
 
 

@@ -1,7 +1,7 @@
 """Everything one database holds, as one protocol: the book (money and keys), who owns
 each wallet (ledger/owners.py), what an owner reads (ledger/history.py), money paid in
-(ledger/payments.py), credit that expires (ledger/lots.py), and bots with
-their caps (ledger/bots.py).
+(ledger/payments.py), credit that expires (ledger/lots.py), bots with
+their caps (ledger/bots.py), and the provider keys wallets bring (ledger/provider_keys.py).
 
 PostgresBook and SqliteBook implement all three; the gateway's state holds one.
 Kept apart from book.py so owners.py and history.py can import the book's values
@@ -18,7 +18,8 @@ from ledger.history import History
 from ledger.lots import CreditLots
 from ledger.owners import Owners
 from ledger.payments import Payments
+from ledger.provider_keys import ProviderKeys
 
 
-class LedgerStore(Book, Owners, History, Payments, CreditLots, Bots, Protocol):
-    """The book, its owners and their history, card payments, credit lots, bots and caps, in one database."""
+class LedgerStore(Book, Owners, History, Payments, CreditLots, Bots, ProviderKeys, Protocol):
+    """The book, its owners and their history, card payments, credit lots, bots and caps, provider keys, in one database."""

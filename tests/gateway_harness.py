@@ -37,8 +37,10 @@ ADMIN_TOKEN = "test-admin-token-7f3c9a1e5b2d8064c1a9"  # 32+ characters: weaker 
 def settings_for(upstream_url: str, store: dict[str, Any], **overrides: Any) -> Settings:
     limits = {"hold_ttl_s": 30, "upstream_total_timeout_s": 10, "body_bytes_max": 256 * 1024,
               "expiry_sweep_interval_s": 0.2} | overrides.pop("limits", {})
+    # provider={"api_key": ...}: the operator's own key for the fake provider (BYOK tests tell it from the caller's).
+    provider = {"base_url": upstream_url, "models": list(MODELS)} | overrides.pop("provider", {})
     return Settings(
-        providers={"fake": {"base_url": upstream_url, "models": list(MODELS)}},
+        providers={"fake": provider},
         models=MODELS, limits=limits, **{"admin_token": ADMIN_TOKEN, **store, **overrides},
     )
 

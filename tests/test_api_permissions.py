@@ -7,6 +7,8 @@ act on), so a write in one row cannot change the next; both backends.
 
 from __future__ import annotations
 
+import base64
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from ledger.api_keys import SpendLimits
 from ledger.bots import Bot
 from ledger.money import parse_usd
 from ledger.owners import Role
+from ledger.provider_keys import ProviderKeyRecord
 
 ROLES = ("owner", "developer", "viewer")
 
@@ -33,13 +36,20 @@ class Org:
     key_secrets: dict[str, str]  # role -> that inference key's secret
     spare_mk: dict[str, str]  # role -> a second management key of its own
     bot: str = ""  # a bot of the wallet, with no keys
+    provider_key: str = ""  # a stored provider key of the wallet (BYOK)
+
+
+@pytest.fixture(autouse=True)
+def master_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A master key, so that storing a provider key can succeed for the role that may (gateway/money/secrets_box.py)."""
+    monkeypatch.setenv("MW_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
 
 
 def owners(gw) -> WalletOwners:
     return WalletOwners(gw.state.book, gw.state.holds, gw.state.settings.wallet)
 
 
-async def make_org(gw, usd: str = "20") -> Org:
+async def make_org(gw, usd: str = "20", provider_key: bool = False) -> Org:
     service = owners(gw)
     wallet_id = f"w{uuid.uuid4().hex[:10]}"
     gw.wallets.append(wallet_id)
@@ -59,6 +69,12 @@ async def make_org(gw, usd: str = "20") -> Org:
         org.spare_mk[role] = record.key_id
     bot = await gw.state.book.create_bot(Bot(f"bot_{uuid.uuid4().hex[:8]}", wallet_id, "support", SpendLimits()))
     org.bot = bot.bot_id
+    if not provider_key:
+        return org
+    # The book keeps what it is given: a sealed-looking value is enough to list and revoke it (never to call with).
+    stored = await gw.state.book.store_provider_key(
+        ProviderKeyRecord(f"pk_{uuid.uuid4().hex[:12]}", wallet_id, None, "fake", "mwk1.00000000.x", "abcd"), 10)
+    org.provider_key = stored.key_id
     return org
 
 
@@ -69,7 +85,8 @@ async def call(gw, method: str, path: str, secret: str | None = None, body: Any 
             return response.status, await response.json(content_type=None)
 
 
-# (method, path, body, {role: status}); {target}, {owner_key}, {own_key}, {own_mk} are filled per org and role.
+# (method, path, body, {role: status}); {target}, {owner_key}, {own_key}, {own_mk}, {bot}, {provider_key} are filled
+# per org and role.
 MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     ("GET", "/api/wallet", None, {"owner": 200, "developer": 200, "viewer": 200}),
     ("PATCH", "/api/wallet", {"low_balance_threshold": "10.00"}, {"owner": 200, "developer": 403, "viewer": 403}),
@@ -85,6 +102,10 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     ("GET", "/api/bots/{bot}", None, {"owner": 200, "developer": 200, "viewer": 200}),
     ("PATCH", "/api/bots/{bot}", {"daily_cap": "1.00"}, {"owner": 200, "developer": 403, "viewer": 403}),
     ("DELETE", "/api/bots/{bot}", None, {"owner": 200, "developer": 403, "viewer": 403}),
+    ("GET", "/api/provider-keys", None, {"owner": 200, "developer": 200, "viewer": 200}),
+    ("POST", "/api/provider-keys", {"provider": "fake", "api_key": "sk-byok-matrix-0123456789"},
+     {"owner": 201, "developer": 403, "viewer": 403}),
+    ("DELETE", "/api/provider-keys/{provider_key}", None, {"owner": 200, "developer": 403, "viewer": 403}),
     ("GET", "/api/members", None, {"owner": 200, "developer": 200, "viewer": 200}),
     ("GET", "/api/members/me", None, {"owner": 200, "developer": 200, "viewer": 200}),
     ("POST", "/api/members", {"name": "Nina", "role": "viewer"}, {"owner": 201, "developer": 403, "viewer": 403}),
@@ -106,14 +127,14 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
 
 def fill(path: str, org: Org, role: str) -> str:
     return path.format(target=org.members["target"], owner_key=org.keys["owner"], own_key=org.keys[role],
-                       own_mk=org.spare_mk[role], bot=org.bot)
+                       own_mk=org.spare_mk[role], bot=org.bot, provider_key=org.provider_key)
 
 
 async def test_permission_matrix(gw):
     failures = []
     for method, path, body, expected in MATRIX:
         for role in ROLES:
-            org = await make_org(gw)
+            org = await make_org(gw, provider_key=True)
             status, answer = await call(gw, method, fill(path, org, role), org.secrets[role], body)
             if status != expected[role]:
                 failures.append(f"{role} {method} {path}: {status} (expected {expected[role]}) {answer}")
@@ -124,7 +145,7 @@ async def test_permission_matrix(gw):
 
 @pytest.mark.parametrize("method, path, body", [(m, p, b) for m, p, b, _ in MATRIX])
 async def test_every_endpoint_refuses_without_a_management_key(gw, method, path, body):
-    org = await make_org(gw)
+    org = await make_org(gw, provider_key=True)
     target = fill(path, org, "owner")
     for secret, says in ((None, "didn't provide"), ("mwm-" + "x" * 43, "Incorrect"),
                          (org.key_secrets["owner"], "inference key"), ("nonsense", "not a Meterway")):

@@ -8,6 +8,7 @@ unique constraints, foreign keys and checks (by meaning).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 
@@ -150,7 +151,8 @@ async def _migrate_and_check(book) -> None:
     check_invariants(totals)
     assert (totals.revenue_nusd, totals.shortfall_nusd, totals.funding_nusd) == (550, -50, -500)
     settled = await book.usage("r2")
-    assert settled is not None and settled.record == usage("r2", "w", 250)  # payees: all to sys:revenue
+    # payees: all to sys:revenue; the provider cost of a plain call is its cost (migration 0009)
+    assert settled is not None and settled.record == dataclasses.replace(usage("r2", "w", 250), provider_cost_nusd=250)
     # The settle journal replays onto the migrated rows idempotently (same transfer ids).
     again = await book.settle_batch([usage("r1", "w", 300), usage("r2", "w", 250)])
     assert [r.outcome for r in again] == [SettleOutcome.REPLAY, SettleOutcome.REPLAY]

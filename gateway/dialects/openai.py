@@ -28,6 +28,7 @@ UPSTREAM_PATHS = {"chat": "/chat/completions", "completion": "/completions", "em
 REQUIRED_INPUT = {"chat": "messages", "completion": "prompt", "embedding": "input"}
 DONE_EVENT = b"data: [DONE]\n\n"
 COST_PLACEHOLDER = "__meterway_cost__"
+PROVIDER_COST_PLACEHOLDER = "__meterway_provider_cost__"
 
 # Upstream headers a client's SDK reads (the OpenAI SDK's retry logic reads
 # retry-after, retry-after-ms and x-should-retry; dashboards read the rate
@@ -287,7 +288,8 @@ class StreamTracker:
         return self.done or self.reported is not None
 
 
-def stream_end(tracker: StreamTracker, client_wants_usage: bool, cost_usd: str | None, cut_short: bool) -> bytes:
+def stream_end(tracker: StreamTracker, client_wants_usage: bool, cost_usd: str | None, cut_short: bool,
+               byok_provider_cost_usd: str | None = None) -> bytes:
     """What closes a relayed stream: an error event if it was cut, the usage chunk if asked, [DONE]."""
     end = b""
     if cut_short:
@@ -295,19 +297,26 @@ def stream_end(tracker: StreamTracker, client_wants_usage: bool, cost_usd: str |
                          "server_error", "upstream_stream_interrupted")
         end += sse.data_event(error_body(error))
     elif client_wants_usage and tracker.usage_event is not None:
-        end += sse.data_event(usage_event_with_cost(tracker.usage_event, cost_usd))
+        end += sse.data_event(usage_event_with_cost(tracker.usage_event, cost_usd, byok_provider_cost_usd))
     if tracker.done:
         end += DONE_EVENT
     return end
 
 
-def usage_event_with_cost(event: dict[str, Any], cost_usd: str | None) -> bytes:
+def usage_event_with_cost(event: dict[str, Any], cost_usd: str | None, byok_provider_cost_usd: str | None = None) -> bytes:
     """The usage chunk with usage.cost in USD, as OpenRouter reports it.
 
-    The cost is written as an exact decimal literal, never through a float.
+    The cost is written as an exact decimal literal, never through a float. A
+    BYOK call's chunk also says so as OpenRouter does: usage.is_byok, and the
+    provider cost as usage.cost_details.upstream_inference_cost (cost is the fee).
     """
     if cost_usd is None:
         return orjson.dumps(event)
     usage = {**event["usage"], "cost": COST_PLACEHOLDER}
-    encoded = orjson.dumps({**event, "usage": usage})
-    return encoded.replace(f'"{COST_PLACEHOLDER}"'.encode(), cost_usd.encode(), 1)
+    if byok_provider_cost_usd is not None:
+        usage["is_byok"] = True
+        usage["cost_details"] = {**(usage.get("cost_details") or {}), "upstream_inference_cost": PROVIDER_COST_PLACEHOLDER}
+    encoded = orjson.dumps({**event, "usage": usage}).replace(f'"{COST_PLACEHOLDER}"'.encode(), cost_usd.encode(), 1)
+    if byok_provider_cost_usd is None:
+        return encoded
+    return encoded.replace(f'"{PROVIDER_COST_PLACEHOLDER}"'.encode(), byok_provider_cost_usd.encode(), 1)

@@ -97,5 +97,13 @@ class IdPath(ApiInput):
     id: Identifier
 
 
+class CreateProviderKey(ApiInput):
+    """A provider key to store (BYOK): checked by gateway/money/byok.py's rule, never echoed."""
+
+    provider: Identifier  # a [providers] name of the gateway's configuration
+    api_key: str = Field(min_length=1, max_length=4096)
+    bot_id: Identifier | None = None  # set: only this bot's calls use it, and it wins over the wallet's key
+
+
 class TokenPath(ApiInput):
     token: str = Field(min_length=1, max_length=100)

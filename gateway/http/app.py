@@ -10,7 +10,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway import errors
-from gateway.http import admin, api, models, readiness, webhooks
+from gateway.http import admin, api, api_provider_keys, models, readiness, webhooks
 from gateway.http.api_base import MANAGEMENT_KEYS
 from gateway.http.auth import KeyCache, bearer_matches
 from gateway.http.notices import Notices
@@ -20,9 +20,12 @@ from gateway.http.state import STATE, GatewayState
 from gateway.metering import tokens
 from gateway.metrics import Metrics
 from gateway.money.billing import Billing
+from gateway.money.byok import ByokKeys
 from gateway.money.calls import build_routes
 from gateway.money.hold_recovery import heartbeat_forever
+from gateway.money.provider_keys import StoredKeys
 from gateway.money.replay import replay_at_start
+from gateway.money.secrets_box import BoxUnavailable, SecretsBox, secrets_box
 from gateway.money.settlement import settler_for
 from gateway.money.stores import Stores, notice_bus, open_stores, rate_store
 from gateway.money.sweeper import expire_credit_forever, sweep_forever
@@ -71,15 +74,18 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         payments = open_payments(settings, stores.book, stores.holds)
         if payments is not None:
             settler.observers.append(payments.reloader.observe)
+        byok = ByokKeys(settings.byok, StoredKeys(stores.book, _master_key_box(settings), settings.byok.cache_ttl_s,
+                                                  settings.byok.cache_entries_max))
         notices = Notices(notice_bus(stores.holds, limits.redis_timeout_s))
         traffic = Traffic(rate_store(stores.holds, settings.traffic.rate_timeout_s), settings.traffic.parallel_slot_ttl_s)
         notices.subscribe(keys.hear)
         notices.subscribe(app[MANAGEMENT_KEYS].hear)
+        notices.subscribe(api_provider_keys.listener(byok.stored))
         app[STATE] = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
             metrics=metrics, routes=routes,
-            proxy=proxy.attach(keys, routes, billing, upstream, metrics, traffic, settings.traffic),
-            notices=notices, payments=payments,
+            proxy=proxy.attach(keys, routes, billing, upstream, metrics, traffic, settings.traffic, byok),
+            notices=notices, byok=byok, payments=payments,
         )
         settler.start()
         sweeper = asyncio.create_task(sweep_forever(
@@ -104,6 +110,14 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
                 await stores.close()
 
     return lifetime
+
+
+def _master_key_box(settings: Settings) -> SecretsBox | BoxUnavailable:
+    """The master key's box; without one the gateway serves all the same (storing a provider key says why not)."""
+    box = secrets_box(settings.byok)
+    if isinstance(box, BoxUnavailable):
+        log.info("BYOK: provider keys cannot be stored or read: %s", box.reason)
+    return box
 
 
 @web.middleware

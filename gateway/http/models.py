@@ -69,6 +69,8 @@ def usage_view(settled: SettledUsage) -> dict[str, object]:
         "prices_per_1m": {"input": format_usd(record.input_per_1m_nusd), "cached_input": format_usd(record.cached_input_per_1m_nusd),
                           "output": format_usd(record.output_per_1m_nusd), "per_call": format_usd(record.per_call_nusd)},
         "cost": format_usd(record.cost_nusd), "cost_nusd": record.cost_nusd,
+        # What the provider's price list says it cost: the cost itself, unless the call was BYOK (cost: the fee).
+        "byok": record.byok, "provider_cost_nusd": record.provider_cost_nusd,
         "charged": format_usd(settled.charged_nusd), "charged_nusd": settled.charged_nusd,
         "shortfall": format_usd(settled.shortfall_nusd), "shortfall_nusd": settled.shortfall_nusd,
         "held_nusd": record.held_nusd, "latency_ms": record.latency_ms, "upstream_latency_ms": record.upstream_latency_ms,

@@ -25,6 +25,7 @@ class Subject(enum.Enum):
     BOT = "bot"  # a bot's caps or friendly answer: every key of the bot
     MEMBER = "member"  # a member's role or monthly limit: its management and inference keys
     MANAGEMENT_KEY = "mkey"
+    PROVIDER_KEYS = "pkeys"  # a wallet's stored provider keys (BYOK): subject_id is the wallet
     ALL = "all"  # after a lost connection: forget everything
 
 

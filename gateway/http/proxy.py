@@ -1,7 +1,7 @@
 """The OpenAI-compatible endpoints: one request from the socket to its charge.
 
-    authenticate (auth.py) -> validate (dialects/openai.py) -> estimate its worst case
-    -> billing.hold (money/billing.py) -> forward (upstream.py), or relay a stream (relay.py)
+    authenticate (auth.py) -> validate (dialects/openai.py) -> the provider key (money/byok.py)
+    -> estimate its worst case -> billing.hold (money/billing.py) -> forward (upstream.py), or relay a stream (relay.py)
     -> meter (metering/metering.py) -> hold.charge -> the Settler (money/settlement.py) -> the ledger
 
 Every hold lives inside one `async with`: it ends in exactly one of charge or
@@ -26,10 +26,18 @@ from gateway.errors import ApiError
 from gateway.http.auth import KeyCache, authenticate
 from gateway.http.client_ip import IpNetwork, client_address
 from gateway.http.relay import Relay
-from gateway.http.responses import error_response, observe, passthrough_error, refusal_error, upstream_failed
+from gateway.http.responses import (
+    byok_headers,
+    error_response,
+    observe,
+    passthrough_error,
+    refusal_error,
+    upstream_failed,
+)
 from gateway.metering.metering import Metered, meter
 from gateway.metrics import Metrics
 from gateway.money.billing import SHORT_OF_MONEY, Billing, Hold, Refused
+from gateway.money.byok import PROVIDER_KEY_HEADER, ByokKeys, fee_estimate
 from gateway.money.calls import Call, Route, usage_record
 from gateway.money.operations import REQUEST_ID_PREFIX
 from gateway.money.traffic import Traffic
@@ -72,17 +80,19 @@ class Proxy:
     _relay: Relay
     _traffic: Traffic
     _trusted: tuple[IpNetwork, ...]
+    _byok: ByokKeys
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self.in_flight = 0
 
     def attach(self, keys: KeyCache, routes: dict[str, Route], billing: Billing, upstream: Upstream,
-               metrics: Metrics, traffic: Traffic, settings: TrafficSettings) -> Proxy:
+               metrics: Metrics, traffic: Traffic, settings: TrafficSettings, byok: ByokKeys) -> Proxy:
         self._traffic = traffic
         self._trusted = settings.trusted_networks()
         self._forwarded_chars_max = settings.forwarded_for_chars_max
         self._keys = keys
+        self._byok = byok
         self._routes = routes
         self._billing = billing
         self._upstream = upstream
@@ -122,6 +132,8 @@ class Proxy:
         route = call.route
         estimate = openai.estimate(call.request, len(call.body), route.price, route.encoding, route.rates,
                                    self._limits.tokenize_bytes_max)
+        if call.byok is not None:
+            estimate = fee_estimate(estimate, call.byok.fee_bps)  # 0 with no fee: a free call, nothing held
         held = await self._billing.hold(call, estimate)
         if isinstance(held, Refused):
             friendly = call.key.bot_rule.friendly_message if call.key.bot_rule is not None else None
@@ -169,7 +181,13 @@ class Proxy:
         conversation = conversation_id(request.headers.get(CONVERSATION_HEADER), self._limits.conversation_id_chars_max)
         if isinstance(conversation, ApiError):
             return conversation
-        return Call(request_id, endpoint, key, route, valid, body, started, conversation)
+        provider_key = request.headers.get(PROVIDER_KEY_HEADER)
+        if not self._byok.may_apply(provider_key, key.wallet_id):
+            return Call(request_id, endpoint, key, route, valid, body, started, conversation)  # the plain path
+        byok = await self._byok.for_call(provider_key, key, route)
+        if isinstance(byok, ApiError):
+            return byok
+        return Call(request_id, endpoint, key, route, valid, body, started, conversation, byok)
 
     async def _friendly(self, request: web.Request, call: Call, refused: Refused, message: str) -> web.StreamResponse:
         """A bot's kind answer instead of a refusal: free, nothing forwarded, recorded as refused."""
@@ -195,7 +213,8 @@ class Proxy:
 
     async def _forward(self, call: Call, hold: Hold) -> web.StreamResponse:
         sent = time.perf_counter()
-        reply = await self._upstream.post(call.route.url, call.body, call.route.headers_json)
+        headers_out = call.route.headers_json if call.byok is None else call.byok.headers_json
+        reply = await self._upstream.post(call.route.url, call.body, headers_out)
         if isinstance(reply, UpstreamFailed):
             await hold.release()
             return upstream_failed(self._metrics, call, reply)
@@ -215,10 +234,13 @@ class Proxy:
                    "Content-Type": reply.headers.get("Content-Type", "application/json"),
                    "X-Request-Id": call.request_id, "X-Model": openai.served_model(data) or call.route.model_name,
                    "X-Total-Tokens": str(metered.usage.total_tokens)}
-        result = await hold.charge(usage_record(call, hold.amount_nusd, metered, "ok", upstream_s))
+        record = usage_record(call, hold.amount_nusd, metered, "ok", upstream_s)
+        result = await hold.charge(record)
         if isinstance(result, SettleResult):
-            headers["X-Usage-Cost"] = format_usd(metered.cost_nusd)
+            headers["X-Usage-Cost"] = format_usd(record.cost_nusd)
             if result.shortfall_nusd:
                 headers["X-Usage-Shortfall"] = format_usd(result.shortfall_nusd)
-        observe(self._metrics, call, "ok", metered, upstream_s)
+        if call.byok is not None:
+            headers.update(byok_headers(call, metered.cost_nusd))
+        observe(self._metrics, call, "ok", metered, upstream_s, record.cost_nusd)
         return web.Response(status=200, body=reply.body, headers=headers)

@@ -45,7 +45,8 @@ class Relay:
     async def relay(self, request: web.Request, call: Call, hold: Hold) -> web.StreamResponse:
         sent = time.perf_counter()
         body = openai.body_for_stream(call.request, call.body)
-        stream = await self._upstream.stream(call.route.url, body, call.route.headers_stream)
+        headers_out = call.route.headers_stream if call.byok is None else call.byok.headers_stream
+        stream = await self._upstream.stream(call.route.url, body, headers_out)
         if isinstance(stream, UpstreamFailed):
             await hold.release()
             return upstream_failed(self._metrics, call, stream)
@@ -64,6 +65,8 @@ class Relay:
             **openai.relayed_headers(stream.headers), "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Request-Id": call.request_id,
         })
+        if call.byok is not None:
+            response.headers["X-Meterway-Byok"] = call.byok.source  # the costs come in the usage chunk
         tracker = StreamTracker()
         status = "ok"
         early: list[bytes] = []  # comments (keep-alives) that came before the first chunk
@@ -90,13 +93,14 @@ class Relay:
             # Runs on cancellation too: whatever was consumed is charged, exactly once.
             upstream_s = time.perf_counter() - sent
             # Shielded as a unit: a second cancellation (shutdown) cannot cut it in half.
-            cost_usd = await asyncio.shield(self._charge(call, hold, tracker, status, upstream_s))
+            cost_usd, provider_cost_usd = await asyncio.shield(self._charge(call, hold, tracker, status, upstream_s))
         if status == "client_closed":
             return response
         try:
             if not response.prepared:
                 await _start(response, request, call, tracker, early)
-            end = openai.stream_end(tracker, call.request.client_wants_usage, cost_usd, status == "upstream_dropped")
+            end = openai.stream_end(tracker, call.request.client_wants_usage, cost_usd, status == "upstream_dropped",
+                                    provider_cost_usd)
             if end:
                 await _write(response, end)
             await _write_eof(response)
@@ -104,8 +108,10 @@ class Relay:
             pass
         return response
 
-    async def _charge(self, call: Call, hold: Hold, tracker: StreamTracker, status: str, upstream_s: float) -> str | None:
-        """Charge what the stream consumed; the cost to show, or None if it is not committed yet."""
+    async def _charge(self, call: Call, hold: Hold, tracker: StreamTracker, status: str,
+                      upstream_s: float) -> tuple[str | None, str | None]:
+        """Charge what the stream consumed: the cost to show (None if it is not committed yet), and a
+        BYOK call's provider cost (None for a plain call)."""
         counted = None
         if tracker.reported is None:
             # Cut short or no usage sent: count ourselves, off the event loop.
@@ -114,9 +120,11 @@ class Relay:
                 "".join(tracker.relayed_text))
             status = "partial" if status == "ok" else status
         metered = meter(call.route.price, tracker.reported, counted, self._limits.usage_tokens_max)
-        result = await hold.charge(usage_record(call, hold.amount_nusd, metered, status, upstream_s))
-        observe(self._metrics, call, status, metered, upstream_s)
-        return format_usd(metered.cost_nusd) if isinstance(result, SettleResult) else None
+        record = usage_record(call, hold.amount_nusd, metered, status, upstream_s)
+        result = await hold.charge(record)
+        observe(self._metrics, call, status, metered, upstream_s, record.cost_nusd)
+        provider_cost_usd = None if call.byok is None else format_usd(record.provider_cost_nusd or 0)
+        return (format_usd(record.cost_nusd) if isinstance(result, SettleResult) else None), provider_cost_usd
 
 
 async def _start(response: web.StreamResponse, request: web.Request, call: Call, tracker: StreamTracker,

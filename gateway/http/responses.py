@@ -71,12 +71,23 @@ def passthrough_error(metrics: Metrics, call: Call, status: int, raw: bytes, ups
     return web.Response(status=status, body=raw, headers=headers)
 
 
-def observe(metrics: Metrics, call: Call, outcome: str, metered: Metered | None, upstream_s: float) -> None:
+def observe(metrics: Metrics, call: Call, outcome: str, metered: Metered | None, upstream_s: float,
+            charged_nusd: int | None = None) -> None:
+    """charged_nusd: what the wallet was charged, when not the metered cost (a BYOK call's fee)."""
     metrics.record(call.endpoint, outcome, max(time.perf_counter() - call.started - upstream_s, 0.0))
     if metered is not None:
         usage = metered.usage
-        metrics.record_usage(call.route.model_name, usage.prompt_tokens - usage.cached_tokens,
-                             usage.cached_tokens, usage.completion_tokens, metered.cost_nusd)
+        metrics.record_usage(call.route.model_name, usage.prompt_tokens - usage.cached_tokens, usage.cached_tokens,
+                             usage.completion_tokens, metered.cost_nusd if charged_nusd is None else charged_nusd)
+
+
+def byok_headers(call: Call, provider_cost_nusd: int) -> dict[str, str]:
+    """A BYOK answer's own headers: what the provider's price list says it cost, and whose key it went with.
+
+    X-Usage-Cost stays what the wallet was charged (the fee, or 0).
+    """
+    assert call.byok is not None, call
+    return {"X-Provider-Cost": format_usd(provider_cost_nusd), "X-Meterway-Byok": call.byok.source}
 
 
 # Set on a request by a handler that starts its response early (a stream):

@@ -15,6 +15,7 @@ from gateway.http.auth import KeyCache
 from gateway.http.notices import Notices
 from gateway.http.proxy import Proxy
 from gateway.metrics import Metrics
+from gateway.money.byok import ByokKeys
 from gateway.money.calls import Route
 from gateway.money.settlement import Settler
 from gateway.money.topups import Payments
@@ -34,7 +35,8 @@ class GatewayState:
     metrics: Metrics
     routes: dict[str, Route]
     proxy: Proxy
-    notices: Notices  # cache notices to every process (keys, bots, members)
+    notices: Notices  # cache notices to every process (keys, bots, members, provider keys)
+    byok: ByokKeys  # which provider key a call goes with; the stored keys' cache and sealing box
     payments: Payments | None = None  # card top-ups, when [stripe] is enabled
 
 

@@ -2,7 +2,9 @@
 
 A Route is resolved once at start for each configured model: where it goes,
 what it costs, how its tokens are counted. A Call is one request that passed
-every check and may be forwarded; its UsageRecord is what settles it.
+every check and may be forwarded; its UsageRecord is what settles it. A BYOK
+call (gateway/money/byok.py) goes with the caller's provider key, and its
+record charges the BYOK fee where a plain call charges the cost.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import logging
 import time
 from dataclasses import dataclass
 
+from config.byok import BASIS_POINTS_PER_WHOLE
 from config.pricing import ModelPrice
 from config.settings import ModelConfig, Provider, Settings
 from gateway.dialects.openai import UPSTREAM_PATHS, Request
 from gateway.metering.media import MediaRates
 from gateway.metering.metering import Metered, rates_of
 from gateway.metering.tokens import EncodingChoice, encoding_for
-from ledger.book import REVENUE_ACCOUNT, ApiKeyRecord, Payee, UsageRecord
+from ledger.book import FEES_ACCOUNT, REVENUE_ACCOUNT, ApiKeyRecord, Payee, UsageRecord
 
 log = logging.getLogger("meterway.calls")
 
@@ -57,6 +60,20 @@ def build_routes(settings: Settings) -> dict[str, Route]:
     return routes
 
 
+@dataclass(frozen=True, repr=False)
+class Byok:
+    """A call forwarded with the caller's own provider key: the headers that carry it, and the fee."""
+
+    source: str  # "header" (X-Provider-Api-Key) or "stored" (the wallet's or its bot's key)
+    key_id: str | None  # the stored key's id; None for a header's
+    fee_bps: int  # the wallet pays this share of the provider cost (config [byok])
+    headers_json: dict[str, str]  # the route's headers, with the caller's key
+    headers_stream: dict[str, str]
+
+    def __repr__(self) -> str:  # the headers hold the key: never in a log line or a traceback
+        return f"Byok({self.source!r}, {self.key_id!r}, fee_bps={self.fee_bps})"
+
+
 @dataclass(frozen=True)
 class Call:
     """A request that passed every check and may be forwarded."""
@@ -69,6 +86,7 @@ class Call:
     body: bytes
     started: float  # time.perf_counter() when the request arrived
     conversation_id: str | None = None  # X-Conversation-Id: a bot's per-conversation cap counts by it
+    byok: Byok | None = None  # set: forwarded with the caller's provider key, charged the BYOK fee
 
     def __post_init__(self) -> None:
         assert self.endpoint == self.request.endpoint == self.route.model.kind, self
@@ -84,15 +102,17 @@ def usage_record(call: Call, held_nusd: int, metered: Metered, status: str, upst
                   "can, the rest is a shortfall)", call.request_id, call.route.model_name, given.prompt_tokens,
                   given.cached_tokens, given.completion_tokens, metered.source, usage.prompt_tokens,
                   usage.completion_tokens, metered.cost_nusd)
+    cost_nusd = metered.cost_nusd if call.byok is None else byok_fee_nusd(metered.cost_nusd, call.byok.fee_bps)
     return UsageRecord(
         request_id=call.request_id, key_id=call.key.key_id, wallet_id=call.key.wallet_id, bot=call.key.bot,
         model=call.route.model_name, upstream=call.route.provider_name, endpoint=call.endpoint, status=status,
         usage_source=metered.source, prompt_tokens=usage.prompt_tokens, cached_tokens=usage.cached_tokens,
         completion_tokens=usage.completion_tokens, input_per_1m_nusd=price.input_per_1m_nusd,
         cached_input_per_1m_nusd=price.cached_input_per_1m_nusd, output_per_1m_nusd=price.output_per_1m_nusd,
-        per_call_nusd=price.per_call_nusd, cost_nusd=metered.cost_nusd, held_nusd=held_nusd,
+        per_call_nusd=price.per_call_nusd, cost_nusd=cost_nusd, held_nusd=held_nusd,
         latency_ms=(time.perf_counter() - call.started) * 1000, upstream_latency_ms=upstream_s * 1000,
-        payees=payees(call.route, metered.cost_nusd),
+        payees=payees(call.route, cost_nusd) if call.byok is None else fee_payees(cost_nusd),
+        provider_cost_nusd=metered.cost_nusd, byok=call.byok is not None,
     )
 
 
@@ -104,3 +124,14 @@ def payees(route: Route, cost_nusd: int) -> tuple[Payee, ...]:
     """
     assert cost_nusd >= 0, cost_nusd
     return (Payee(REVENUE_ACCOUNT, cost_nusd),) if cost_nusd else ()
+
+
+def byok_fee_nusd(provider_cost_nusd: int, fee_bps: int) -> int:
+    """The BYOK fee: fee_bps of the provider cost, rounded up (never more than 1 nUSD above the rate)."""
+    assert provider_cost_nusd >= 0 and 0 <= fee_bps <= BASIS_POINTS_PER_WHOLE, (provider_cost_nusd, fee_bps)
+    return -(-provider_cost_nusd * fee_bps // BASIS_POINTS_PER_WHOLE)
+
+
+def fee_payees(fee_nusd: int) -> tuple[Payee, ...]:
+    """A BYOK call's one payee: its fee, to the fees account (none when free)."""
+    return (Payee(FEES_ACCOUNT, fee_nusd),) if fee_nusd else ()
