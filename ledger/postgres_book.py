@@ -43,6 +43,7 @@ from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_payments import PostgresPayments
 from ledger.postgres_postings import text_times as _text_times
 from ledger.postgres_provider_keys import PostgresProviderKeys
+from ledger.postgres_webhooks import PostgresWebhooks
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
 from ledger.rows import KEY_SELECT, allowed_models_json, key_limit_values, key_record, settled_usage, transfer_record
 from ledger.times import parse_utc
@@ -86,7 +87,8 @@ def classify(exc: BaseException, context: str) -> LedgerUnavailable | LedgerFail
 MIGRATION_LOCK_ID = 0x6D77_6D69
 
 
-class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments, PostgresBots, PostgresProviderKeys):
+class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments, PostgresBots, PostgresProviderKeys,
+        PostgresWebhooks):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

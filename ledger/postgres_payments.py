@@ -30,7 +30,9 @@ from ledger.payments import (
 )
 from ledger.postgres_access import PostgresAccess
 from ledger.postgres_lots import open_lot
+from ledger.postgres_webhooks import emit_in, follow_top_up
 from ledger.times import parse_utc, utc_text_or_none
+from ledger.webhooks import deposit_event
 
 T = TypeVar("T")
 _DEPOSIT_COLUMNS = ("id, wallet_id, method, amount_credited_nusd, paid_amount, paid_currency, status, external_ref,"
@@ -90,7 +92,10 @@ class PostgresPayments(PostgresAccess):
                 return TransferOutcome.EXISTS
             if found.status is not DepositStatus.PENDING:
                 raise DepositNotPending(f"deposit {deposit_id!r} is {found.status.value}, not pending")
+            await follow_top_up(conn, found.wallet_id, found.amount_credited_nusd)
             outcomes = [await postings.write_posting(conn, p.posting_id, p.transfers()) for p in deposit_postings(found)]
+            await emit_in(conn, f"deposit.completed:{deposit_id}", found.wallet_id, "deposit.completed",
+                          deposit_event(found))
             if found.credit_expires_at is not None:  # credit validity: the credit is a lot that expires
                 await open_lot(conn, found.wallet_id, found.deposit_id, found.amount_credited_nusd,
                                parse_utc(found.credit_expires_at))
@@ -190,6 +195,8 @@ class PostgresPayments(PostgresAccess):
                 "UPDATE mw_auto_reload SET in_flight_deposit_id = NULL, paused_reason = COALESCE($3, paused_reason)"
                 " WHERE wallet_id = $1 AND in_flight_deposit_id = $2", wallet_id, deposit_id, declined_reason)
             if status == "UPDATE 1" and declined_reason is not None:
+                await emit_in(conn, f"auto_reload.failed:{deposit_id}", wallet_id, "auto_reload.failed",
+                              {"deposit_id": deposit_id, "reason": declined_reason})
                 await _notify(conn, wallet_id, "auto_reload_paused",
                               f"Auto-reload is paused: the card was declined ({declined_reason}). "
                               "Update the card with a new top-up, then enable auto-reload again.")

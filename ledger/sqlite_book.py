@@ -41,6 +41,7 @@ from ledger.sqlite_lots import SqliteLots
 from ledger.sqlite_owners import SqliteOwners, add_to_caps
 from ledger.sqlite_payments import SqlitePayments
 from ledger.sqlite_provider_keys import SqliteProviderKeys
+from ledger.sqlite_webhooks import SqliteWebhooks
 from ledger.totals import TOTALS_SQL
 
 T = TypeVar("T")
@@ -70,7 +71,8 @@ def classify(exc: sqlite3.Error) -> LedgerUnavailable | LedgerFailure:
     return LedgerFailure(f"SQLite refused the operation ({getattr(exc, 'sqlite_errorname', type(exc).__name__)}): {exc}")
 
 
-class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments, SqliteBots, SqliteProviderKeys):
+class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments, SqliteBots, SqliteProviderKeys,
+        SqliteWebhooks):
     def __init__(self, path: str) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-sqlite")

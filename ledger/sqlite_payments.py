@@ -27,7 +27,9 @@ from ledger.payments import (
 )
 from ledger.sqlite_access import SqliteAccess
 from ledger.sqlite_lots import open_lot
+from ledger.sqlite_webhooks import emit_in, follow_top_up
 from ledger.times import parse_utc, utc_text_or_none
+from ledger.webhooks import deposit_event
 
 T = TypeVar("T")
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -89,7 +91,9 @@ class SqlitePayments(SqliteAccess):
                 return TransferOutcome.EXISTS
             if found.status is not DepositStatus.PENDING:
                 raise DepositNotPending(f"deposit {deposit_id!r} is {found.status.value}, not pending")
+            follow_top_up(conn, found.wallet_id, found.amount_credited_nusd)
             outcome = [postings.post(conn, posting) for posting in deposit_postings(found)][0]
+            emit_in(conn, f"deposit.completed:{deposit_id}", found.wallet_id, "deposit.completed", deposit_event(found))
             if found.credit_expires_at is not None:  # credit validity: the credit is a lot that expires
                 open_lot(conn, found.wallet_id, found.deposit_id, found.amount_credited_nusd,
                          parse_utc(found.credit_expires_at))
@@ -189,6 +193,8 @@ class SqlitePayments(SqliteAccess):
                                  " paused_reason = COALESCE(?, paused_reason) WHERE wallet_id = ?"
                                  " AND in_flight_deposit_id = ?", (declined_reason, wallet_id, deposit_id)).rowcount
             if freed and declined_reason is not None:
+                emit_in(conn, f"auto_reload.failed:{deposit_id}", wallet_id, "auto_reload.failed",
+                        {"deposit_id": deposit_id, "reason": declined_reason})
                 _notify(conn, wallet_id, "auto_reload_paused",
                         f"Auto-reload is paused: the card was declined ({declined_reason}). "
                         "Update the card with a new top-up, then enable auto-reload again.")
