@@ -31,6 +31,7 @@ from config.byok import ByokSettings
 from config.payments import StripeSettings, TopupSettings
 from config.pricing import ModelPrice
 from config.traffic import TrafficSettings
+from config.webhooks import WebhookSettings
 from ledger.money import MoneyFormatError, parse_usd
 
 EXAMPLE_CONFIG_PATH = Path(__file__).with_name("example.toml")
@@ -293,6 +294,7 @@ class Settings(BaseSettings):
     stripe: StripeSettings = StripeSettings()  # card top-ups (config/payments.py)
     topup: TopupSettings = TopupSettings()
     traffic: TrafficSettings = TrafficSettings()  # a key's traffic rules (config/traffic.py)
+    webhooks: WebhookSettings = WebhookSettings()  # delivering events to owners (config/webhooks.py)
     byok: ByokSettings = ByokSettings()  # bring your own provider key (config/byok.py)
 
     @classmethod

@@ -98,6 +98,16 @@ class Upstream:
         except (TimeoutError, aiohttp.ClientError) as exc:
             return failed(exc)
 
+    async def deliver(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float,
+                      read_max: int) -> Reply | UpstreamFailed:
+        """A webhook delivery: its own deadline, the answer read no further than read_max bytes."""
+        try:
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False,
+                                          timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                return Reply(response.status, response.headers, await response.content.read(read_max))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return failed(exc)
+
     async def stream(self, url: str, body: bytes, headers: Mapping[str, str]) -> Stream | UpstreamFailed:
         try:
             return Stream(await self._session.post(url, data=body, headers=headers))

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from config.settings import WalletSettings
 from gateway.errors import invalid_request, not_found
-from gateway.http import api_bots, api_deposits, api_keyless, api_keys, api_members, api_provider_keys, api_topup
+from gateway.http import api_bots, api_deposits, api_keyless, api_keys, api_members, api_provider_keys, api_topup, api_webhooks
 from gateway.http import api_models as inputs
 from gateway.http.api_base import MANAGEMENT_KEYS, Caller, ManagementKeys, api, money, org_of
 from gateway.http.api_deposits import auto_reload_json, deposit_json
@@ -33,6 +33,7 @@ def add_routes(app: web.Application, settings: WalletSettings) -> None:
     app.router.add_get("/api/wallet/deposits", api(Permission.READ_DEPOSITS, deposits))
     api_keys.add_routes(app)
     api_bots.add_routes(app)
+    api_webhooks.add_routes(app)
     api_members.add_routes(app)
     api_topup.add_routes(app)
     api_deposits.add_routes(app)

@@ -7,7 +7,7 @@ out-of-range or non-integer limit is a 400 naming "limit", never a clamp.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator
 
@@ -15,10 +15,12 @@ from gateway.http.admin_models import AdminInput, BotName, Identifier, KeyLimits
 from ledger.bots import FRIENDLY_MESSAGE_MAX
 from ledger.history import ENTRIES_LIMIT_MAX
 from ledger.owners import Role
+from ledger.webhooks import ATTEMPTS_PAGE_MAX, EVENT_TYPES
 
 __all__ = ["parse"]
 LIMIT_DEFAULT = 50
 CURSOR_CHARS_MAX = 512
+WEBHOOK_URL_CHARS_MAX = 2048
 
 
 class ApiInput(AdminInput):
@@ -107,3 +109,19 @@ class CreateProviderKey(ApiInput):
 
 class TokenPath(ApiInput):
     token: str = Field(min_length=1, max_length=100)
+
+
+class CreateWebhook(ApiInput):
+    url: str = Field(min_length=1, max_length=WEBHOOK_URL_CHARS_MAX)
+    events: list[Literal[EVENT_TYPES]] = Field(min_length=1, max_length=len(EVENT_TYPES))  # type: ignore[valid-type]
+
+
+class CreateAlert(ApiInput):
+    """A balance alert: an absolute threshold in USD, or a share (percent) of the last top-up."""
+
+    threshold: UsdAmount | None = None
+    share_percent: int | None = Field(None, ge=1, le=100)
+
+
+class DeliveriesQuery(ApiInput):
+    limit: int = Field(LIMIT_DEFAULT, ge=1, le=ATTEMPTS_PAGE_MAX, strict=False)

@@ -22,6 +22,7 @@ from gateway.metrics import Metrics
 from gateway.money.billing import Billing
 from gateway.money.byok import ByokKeys
 from gateway.money.calls import build_routes
+from gateway.money.events import Events
 from gateway.money.hold_recovery import heartbeat_forever
 from gateway.money.provider_keys import StoredKeys
 from gateway.money.replay import replay_at_start
@@ -31,6 +32,7 @@ from gateway.money.stores import Stores, notice_bus, open_stores, rate_store
 from gateway.money.sweeper import expire_credit_forever, sweep_forever
 from gateway.money.topups import open_payments
 from gateway.money.traffic import Traffic
+from gateway.money.webhook_delivery import Deliverer
 from gateway.upstream import Upstream
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,8 +76,10 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         payments = open_payments(settings, stores.book, stores.holds)
         if payments is not None:
             settler.observers.append(payments.reloader.observe)
-        byok = ByokKeys(settings.byok, StoredKeys(stores.book, _master_key_box(settings), settings.byok.cache_ttl_s,
+        box = _master_key_box(settings)
+        byok = ByokKeys(settings.byok, StoredKeys(stores.book, box, settings.byok.cache_ttl_s,
                                                   settings.byok.cache_entries_max))
+        events = Events(stores.book)
         notices = Notices(notice_bus(stores.holds, limits.redis_timeout_s))
         traffic = Traffic(rate_store(stores.holds, settings.traffic.rate_timeout_s), settings.traffic.parallel_slot_ttl_s)
         notices.subscribe(keys.hear)
@@ -84,8 +88,8 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         app[STATE] = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
             metrics=metrics, routes=routes,
-            proxy=proxy.attach(keys, routes, billing, upstream, metrics, traffic, settings.traffic, byok),
-            notices=notices, byok=byok, payments=payments,
+            proxy=proxy.attach(keys, routes, billing, upstream, metrics, traffic, settings.traffic, byok, events),
+            notices=notices, byok=byok, box=box, payments=payments,
         )
         settler.start()
         sweeper = asyncio.create_task(sweep_forever(
@@ -95,13 +99,17 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         expiry = asyncio.create_task(expire_credit_forever(
             stores.book, stores.holds, settings.topup.credit_expiry_sweep_s, settings.topup.credit_expiry_batch_max))
         listening = asyncio.create_task(notices.run())
-        tasks = (sweeper, heartbeat, expiry, listening)
+        tasks: tuple[asyncio.Task[None], ...] = (sweeper, heartbeat, expiry, listening)
+        if settings.webhooks.enabled:
+            deliverer = Deliverer(stores.book, upstream, box, settings.webhooks)
+            tasks += (asyncio.create_task(deliverer.run_forever()),)
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await events.close()
             await settler.close()
             if payments is not None:
                 await payments.close()

@@ -39,6 +39,7 @@ from gateway.metrics import Metrics
 from gateway.money.billing import SHORT_OF_MONEY, Billing, Hold, Refused
 from gateway.money.byok import PROVIDER_KEY_HEADER, ByokKeys, fee_estimate
 from gateway.money.calls import Call, Route, usage_record
+from gateway.money.events import Events
 from gateway.money.operations import REQUEST_ID_PREFIX
 from gateway.money.traffic import Traffic
 from gateway.upstream import Upstream, UpstreamFailed
@@ -87,8 +88,9 @@ class Proxy:
         self.in_flight = 0
 
     def attach(self, keys: KeyCache, routes: dict[str, Route], billing: Billing, upstream: Upstream,
-               metrics: Metrics, traffic: Traffic, settings: TrafficSettings, byok: ByokKeys) -> Proxy:
+               metrics: Metrics, traffic: Traffic, settings: TrafficSettings, byok: ByokKeys, events: Events) -> Proxy:
         self._traffic = traffic
+        self._events = events
         self._trusted = settings.trusted_networks()
         self._forwarded_chars_max = settings.forwarded_for_chars_max
         self._keys = keys
@@ -136,6 +138,8 @@ class Proxy:
             estimate = fee_estimate(estimate, call.byok.fee_bps)  # 0 with no fee: a free call, nothing held
         held = await self._billing.hold(call, estimate)
         if isinstance(held, Refused):
+            if held.cap is not None:  # owners hear of it once per cap and window (money/events.py)
+                self._events.cap_reached(call.key.wallet_id, call.key.key_id, held.cap)
             friendly = call.key.bot_rule.friendly_message if call.key.bot_rule is not None else None
             if friendly is not None and held.reason in SHORT_OF_MONEY and call.endpoint == "chat":
                 return await self._friendly(request, call, held, friendly), 0

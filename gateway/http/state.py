@@ -17,6 +17,7 @@ from gateway.http.proxy import Proxy
 from gateway.metrics import Metrics
 from gateway.money.byok import ByokKeys
 from gateway.money.calls import Route
+from gateway.money.secrets_box import BoxUnavailable, SecretsBox
 from gateway.money.settlement import Settler
 from gateway.money.topups import Payments
 from gateway.upstream import Upstream
@@ -37,6 +38,7 @@ class GatewayState:
     proxy: Proxy
     notices: Notices  # cache notices to every process (keys, bots, members, provider keys)
     byok: ByokKeys  # which provider key a call goes with; the stored keys' cache and sealing box
+    box: SecretsBox | BoxUnavailable  # the master key: seals provider keys and webhook secrets
     payments: Payments | None = None  # card top-ups, when [stripe] is enabled
 
 

@@ -30,13 +30,16 @@ class Permission(str, enum.Enum):
     TOP_UP = "top_up"  # buy credit by card, set auto-reload (owners only: it spends the card)
     READ_BOTS = "read_bots"  # the wallet's bots and their caps (developers give their keys to bots)
     MANAGE_BOTS = "manage_bots"  # create bots, set their caps and friendly answer, delete them
+    READ_WEBHOOKS = "read_webhooks"  # webhook endpoints (never their secrets), deliveries, balance alerts
+    MANAGE_WEBHOOKS = "manage_webhooks"  # register and remove endpoints and alerts
     READ_PROVIDER_KEYS = "read_provider_keys"  # the wallet's stored provider keys, masked (BYOK)
     MANAGE_PROVIDER_KEYS = "manage_provider_keys"  # store and revoke them (owners only: they spend elsewhere)
 
 
 _READS = frozenset({Permission.READ_WALLET, Permission.READ_ALL_USAGE, Permission.READ_OWN_USAGE,
                     Permission.READ_DEPOSITS, Permission.READ_ALL_KEYS, Permission.READ_MEMBERS,
-                    Permission.READ_SELF, Permission.READ_BOTS, Permission.READ_PROVIDER_KEYS})
+                    Permission.READ_SELF, Permission.READ_BOTS, Permission.READ_PROVIDER_KEYS,
+                    Permission.READ_WEBHOOKS})
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OWNER: frozenset(Permission),
