@@ -48,14 +48,17 @@ def model_not_found(model: str) -> ApiError:
     )
 
 
+TOP_UP_HINT = "Top up the wallet (its owner can, at POST /api/wallet/deposits or by enabling auto-reload)."
+
+
 def insufficient_quota(available_usd: str, needed_usd: str) -> ApiError:
     # 402, as OpenRouter and Bifrost answer an empty wallet; the SDKs do not retry it.
-    return ApiError(
-        402,
-        f"Insufficient balance: this request may cost up to ${needed_usd} and ${available_usd} is available."
-        " Add funds or lower max_tokens.",
-        "insufficient_quota", "insufficient_quota", headers={"x-should-retry": "false"},
-    )
+    if available_usd == "0":  # the warning level "empty": only money helps
+        message = f"Insufficient balance: the wallet is empty. {TOP_UP_HINT}"
+    else:
+        message = (f"Insufficient balance: this request may cost up to ${needed_usd} and ${available_usd} is"
+                   f" available. {TOP_UP_HINT[:-1]}, or lower max_tokens.")
+    return ApiError(402, message, "insufficient_quota", "insufficient_quota", headers={"x-should-retry": "false"})
 
 
 # How a refusal names a cap's window.

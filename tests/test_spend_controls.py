@@ -128,3 +128,17 @@ async def test_an_embedding_of_a_friendly_bot_is_still_refused(gw) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         await gw.client(secret).embeddings.create(model="text-embedding-3-small", input="hi")
     assert caught.value.status_code == 402 and caught.value.code == "insufficient_quota"
+
+
+async def test_an_empty_wallet_is_told_how_to_top_up(gw) -> None:
+    _, secret = await gw.funded_key("0")
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gw.client(secret).chat.completions.create(model="flat-fee", messages=HI)
+    error = caught.value
+    assert error.status_code == 402 and error.code == "insufficient_quota"
+    assert "the wallet is empty" in error.message and "/api/wallet/deposits" in error.message
+    _, poor = await gw.funded_key("0.001")
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gw.client(poor).chat.completions.create(model="flat-fee", messages=HI)
+    assert "may cost up to $0.01 and $0.001 is available" in caught.value.message
+    assert "or lower max_tokens" in caught.value.message
