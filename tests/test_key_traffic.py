@@ -16,7 +16,7 @@ import pytest
 
 from ledger.key_rules import KeyRules, parse_cidrs
 from ledger.money import parse_usd
-from tests.test_multiprocess import FLAT_FEE_NUSD, cluster, free_port, fund, serve, stop, wait_healthy
+from tests.test_multiprocess import FLAT_FEE_NUSD, clients, cluster, fund, serving
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -110,27 +110,18 @@ async def test_rules_are_given_and_checked_through_the_wallet_api(gw) -> None:
 
 
 async def test_requests_per_minute_hold_across_two_processes(tmp_path: Path, fake_upstream: str) -> None:
-    async with cluster(tmp_path, fake_upstream) as (env, config, ops):
-        ports = [free_port(), free_port()]
-        processes = [serve(env, config, port) for port in ports]
-        try:
-            for port, process in zip(ports, processes, strict=True):
-                await wait_healthy(f"http://127.0.0.1:{port}", process)
-            await fund(ops, "rated", 100 * FLAT_FEE_NUSD)
-            new, _ = await ops.create_key("rated", "rated", rules=KeyRules(rpm=7))
-            clients = [openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key=new.secret, max_retries=0)
-                       for p in ports]
+    async with cluster(tmp_path, fake_upstream) as (env, config, ops), serving(env, config) as ports:
+        await fund(ops, "rated", 100 * FLAT_FEE_NUSD)
+        new, _ = await ops.create_key("rated", "rated", rules=KeyRules(rpm=7))
+        both = clients(ports, new.secret)
 
-            async def one(i: int) -> bool:
-                try:
-                    await clients[i % 2].chat.completions.create(model="flat-fee", messages=HI)
-                    return True
-                except openai.RateLimitError as exc:
-                    assert exc.code == "rate_limit_exceeded"
-                    return False
+        async def one(i: int) -> bool:
+            try:
+                await both[i % 2].chat.completions.create(model="flat-fee", messages=HI)
+                return True
+            except openai.RateLimitError as exc:
+                assert exc.code == "rate_limit_exceeded"
+                return False
 
-            served = await asyncio.gather(*(one(i) for i in range(30)))
-        finally:
-            for process in processes:
-                stop(process)
-        assert sum(served) == 7
+        served = await asyncio.gather(*(one(i) for i in range(30)))
+    assert sum(served) == 7

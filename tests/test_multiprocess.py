@@ -101,6 +101,24 @@ async def fund(ops: Operations, wallet_id: str, amount_nusd: int) -> str:
     return new.secret
 
 
+@contextlib.asynccontextmanager
+async def serving(env: dict[str, str], config: Path, count: int = 2) -> AsyncIterator[list[int]]:
+    """`count` gateway processes on their own ports, healthy; stopped on the way out."""
+    ports = [free_port() for _ in range(count)]
+    processes = [serve(env, config, port) for port in ports]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            await wait_healthy(f"http://127.0.0.1:{port}", process)
+        yield ports
+    finally:
+        for process in processes:
+            stop(process)
+
+
+def clients(ports: list[int], secret: str) -> list[openai.AsyncOpenAI]:
+    return [openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key=secret, max_retries=0) for p in ports]
+
+
 async def assert_no_holds(ops: Operations, wallet_id: str) -> None:
     holds = await ops.holds.wallet(wallet_id)
     assert holds is None or (holds.held_nusd, holds.hold_count) == (0, 0), holds

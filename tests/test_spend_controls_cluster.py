@@ -23,7 +23,7 @@ from ledger.book import check_invariants
 from ledger.bots import Bot
 from ledger.caps import day_period
 from ledger.holds import cap_account
-from tests.test_multiprocess import FLAT_FEE_NUSD, cluster, free_port, serve, stop, wait_healthy
+from tests.test_multiprocess import FLAT_FEE_NUSD, clients, cluster, serving
 
 HI = [{"role": "user", "content": "x"}]
 
@@ -36,22 +36,17 @@ def long_key_cache(config: Path) -> None:
 async def test_two_processes_serve_exactly_what_a_daily_cap_allows(tmp_path: Path, fake_upstream: str) -> None:
     fits = 10
     async with cluster(tmp_path, fake_upstream) as (env, config, ops):
-        ports = [free_port(), free_port()]
-        processes = [serve(env, config, port) for port in ports]
-        try:
-            for port, process in zip(ports, processes, strict=True):
-                await wait_healthy(f"http://127.0.0.1:{port}", process)
+        book = ops.book
+        async with serving(env, config) as ports:
             await ops.create_wallet("bots")
             await ops.credit("bots", 1000 * FLAT_FEE_NUSD)
-            book = ops.book
             await book.create_bot(Bot("b-race", "bots", "support", SpendLimits(day_nusd=fits * FLAT_FEE_NUSD)))  # type: ignore[attr-defined]
             new, _ = await ops.create_key("bots", "bot key", bot_id="b-race")
-            clients = [openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key=new.secret, max_retries=0)
-                       for p in ports]
+            both = clients(ports, new.secret)
 
             async def one(i: int) -> bool:
                 try:
-                    await clients[i % 2].chat.completions.create(model="flat-fee", messages=HI)
+                    await both[i % 2].chat.completions.create(model="flat-fee", messages=HI)
                     return True
                 except openai.APIStatusError as exc:
                     assert exc.status_code == 402 and exc.code == "budget_exceeded", exc
@@ -59,9 +54,6 @@ async def test_two_processes_serve_exactly_what_a_daily_cap_allows(tmp_path: Pat
                     return False
 
             served = await asyncio.gather(*(one(i) for i in range(200)))
-        finally:
-            for process in processes:
-                stop(process)
         assert sum(served) == fits
         cap_id = f"bot:b-race:d:{day_period(datetime.now(UTC))}"
         row = await book.spend_cap(cap_id)  # type: ignore[attr-defined]
@@ -75,18 +67,13 @@ async def test_two_processes_serve_exactly_what_a_daily_cap_allows(tmp_path: Pat
 async def test_a_cap_change_reaches_the_other_process_within_a_second(tmp_path: Path, fake_upstream: str) -> None:
     async with cluster(tmp_path, fake_upstream) as (env, config, ops):
         long_key_cache(config)
-        ports = [free_port(), free_port()]
-        processes = [serve(env, config, port) for port in ports]
-        try:
-            for port, process in zip(ports, processes, strict=True):
-                await wait_healthy(f"http://127.0.0.1:{port}", process)
+        async with serving(env, config) as ports:
             owners = WalletOwners(ops.book, ops.holds, WalletSettings())  # type: ignore[arg-type]
             _, _, management = await owners.create_org("team", "Team", "Olive")
             await ops.credit("team", 1000 * FLAT_FEE_NUSD)
             bot = await ops.book.create_bot(Bot("b-live", "team", "support", SpendLimits()))  # type: ignore[attr-defined]
             new, _ = await ops.create_key("team", "bot key", bot_id=bot.bot_id)
-            first, second = (openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{p}/v1", api_key=new.secret, max_retries=0)
-                             for p in ports)
+            first, second = clients(ports, new.secret)
             for client in (first, second):  # both processes now cache the key, with no cap
                 await client.chat.completions.create(model="flat-fee", messages=HI)
             async with aiohttp.ClientSession() as session:
@@ -104,7 +91,4 @@ async def test_a_cap_change_reaches_the_other_process_within_a_second(tmp_path: 
                 assert time.monotonic() - changed < 1.0, "the other process still serves past the new cap"
                 await asyncio.sleep(0.02)
             seen_after_s = time.monotonic() - changed
-        finally:
-            for process in processes:
-                stop(process)
-        assert seen_after_s < 1.0
+    assert seen_after_s < 1.0

@@ -63,22 +63,27 @@ MODELS_PER_KEY_MAX = 100
 ModelName = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
 
 
-class KeyLimitsInput(AdminInput):
-    """An inference key's limits (gateway/http/key_limits.py checks them against what is served)."""
+class KeySpendPatch(AdminInput):
+    """A key's own spend limits and traffic rules; as a PATCH, replaced whole: a limit left out is removed."""
 
-    expires_at: datetime | None = Field(None, strict=False)  # ISO 8601 with a timezone
-    models: list[ModelName] | None = Field(None, min_length=1, max_length=MODELS_PER_KEY_MAX)
-    bot_id: Identifier | None = None  # the wallet's bot the key belongs to (its caps apply)
-    # The key's own spend limits in USD: lifetime, per UTC day, per UTC month.
+    # Spend in USD: lifetime, per UTC day, per UTC month.
     total_limit: UsdAmount | None = None
     daily_limit: UsdAmount | None = None
     monthly_limit: UsdAmount | None = None
-    # Its traffic rules: requests and tokens per minute, requests in flight, addresses (CIDR).
+    # Traffic: requests and tokens per minute, requests in flight, addresses (CIDR).
     rpm: int | None = Field(None, gt=0, le=RATE_MAX)
     tpm: int | None = Field(None, gt=0, le=RATE_MAX)
     max_parallel: int | None = Field(None, gt=0, le=RATE_MAX)
     ip_allow: list[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64)]] | None = Field(
         None, min_length=1, max_length=IP_ALLOW_MAX)
+
+
+class KeyLimitsInput(KeySpendPatch):
+    """An inference key's limits when it is made (gateway/http/key_limits.py checks them against what is served)."""
+
+    expires_at: datetime | None = Field(None, strict=False)  # ISO 8601 with a timezone
+    models: list[ModelName] | None = Field(None, min_length=1, max_length=MODELS_PER_KEY_MAX)
+    bot_id: Identifier | None = None  # the wallet's bot the key belongs to (its caps apply)
 
     @field_validator("expires_at")
     @classmethod
@@ -86,19 +91,6 @@ class KeyLimitsInput(AdminInput):
         if value is not None and value.tzinfo is None:
             raise ValueError("a time needs a timezone, e.g. 2027-01-01T00:00:00Z")
         return value
-
-
-class KeySpendPatch(AdminInput):
-    """A key's own spend limits and traffic rules, replaced whole: a limit left out is removed."""
-
-    total_limit: UsdAmount | None = None
-    daily_limit: UsdAmount | None = None
-    monthly_limit: UsdAmount | None = None
-    rpm: int | None = Field(None, gt=0, le=RATE_MAX)
-    tpm: int | None = Field(None, gt=0, le=RATE_MAX)
-    max_parallel: int | None = Field(None, gt=0, le=RATE_MAX)
-    ip_allow: list[Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64)]] | None = Field(
-        None, min_length=1, max_length=IP_ALLOW_MAX)
 
 
 class CreateKey(KeyLimitsInput):
