@@ -241,3 +241,28 @@ async def test_storing_refuses_what_cannot_work_without_echoing_the_key(gateway_
     assert (status, answer["error"]["code"]) == (409, "provider_key_limit"), answer
     # Replacing the wallet's key for the same provider is no second key.
     assert (await call(gw, "POST", "/api/provider-keys", management, {"provider": "fake", "api_key": good}))[0] == 201
+
+
+async def test_spend_caps_count_the_fee_not_the_provider_cost(gateway_factory) -> None:
+    # 5% of a $0.0003096 call is 15,480 nUSD: a key allowed 30,000 nUSD a day makes two such calls, not zero or one.
+    gw = await byok_gateway(gateway_factory, fee_bps=500)
+    wallet_id, _ = await gw.funded_key("1")
+    key, _ = await gw.ops.create_key(wallet_id, "capped", limits=SpendLimits(day_nusd=30_000))
+    client = gw.client(key.secret)
+    body = {"model": MINI, "messages": user("FAKE:prompt_tokens=2000 FAKE:completion_tokens=16"), "max_tokens": 16,
+            "extra_headers": {HEADER: new_provider_key("capped")}}
+    fee = -(-provider_cost(gw, 2000, 16) * 500 // 10_000)
+    assert fee == 15_480
+    for _ in range(2):
+        raw = await client.chat.completions.with_raw_response.create(**body)
+        assert raw.headers["x-usage-cost"] == format_usd(fee)
+    with pytest.raises(openai.APIStatusError) as refused:
+        await client.chat.completions.create(**body)
+    assert refused.value.status_code == 402 and refused.value.body["code"] == "budget_exceeded"
+    assert await gw.balance(wallet_id) == parse_usd("1") - 2 * fee
+    # With no fee the cap is never touched: the calls are free.
+    free = await byok_gateway(gateway_factory)
+    wallet_id, _ = await free.funded_key("0")
+    key, _ = await free.ops.create_key(wallet_id, "capped", limits=SpendLimits(day_nusd=30_000))
+    for _ in range(3):
+        await free.client(key.secret).chat.completions.create(**body)
