@@ -187,7 +187,7 @@ def check_wallet_id(wallet_id: str) -> None:
     """A wallet id, or a cap's account (cap_account()); neither may hold \\x1f."""
     if not isinstance(wallet_id, str) or not wallet_id or ID_SEPARATOR in wallet_id:
         raise ValueError(f"wallet_id must be a non-empty str without \\x1f: {wallet_id!r}")
-    if CAP_SEPARATOR in wallet_id and not all(wallet_id.split(CAP_SEPARATOR)) or wallet_id.count(CAP_SEPARATOR) > 1:
+    if CAP_SEPARATOR in wallet_id and (wallet_id.count(CAP_SEPARATOR) > 1 or not all(wallet_id.split(CAP_SEPARATOR))):
         raise ValueError(f"an account id is a wallet id or '<wallet id>\\x1e<cap id>': {wallet_id!r}")
 
 

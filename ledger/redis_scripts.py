@@ -294,8 +294,11 @@ class RedisKeys:
     def wallet(self, wallet_id: str) -> list[str]:
         """[wallet hash, holds hash, per-wallet expiry zset] of one account: a wallet, or a cap under its wallet's tag."""
         assert ID_SEPARATOR not in wallet_id  # the global index could not split it back
-        wallet, _, cap = wallet_id.partition(CAP_SEPARATOR)
-        base = f"{self.prefix}:{{w:{wallet}}}:" + (f"c:{cap}:" if cap else "")
+        if CAP_SEPARATOR in wallet_id:
+            wallet, _, cap = wallet_id.partition(CAP_SEPARATOR)
+            base = f"{self.prefix}:{{w:{wallet}}}:c:{cap}:"
+        else:
+            base = f"{self.prefix}:{{w:{wallet_id}}}:"
         return [base + "wallet", base + "holds", base + "exp"]
 
     @property
