@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
@@ -22,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from tests.test_api_permissions import call, make_org
+from tests.test_multiprocess import FLAT_FEE_NUSD
 
 FAST = {"poll_interval_s": 0.05, "backoff_s": 0.05, "backoff_max_s": 0.2, "settled_s": 0, "allow_http": True,
         "timeout_s": 1, "lease_s": 5}
@@ -179,3 +181,29 @@ async def test_without_a_master_key_no_endpoint_can_be_made(gateway_factory, mon
     status, answer = await call(gw, "POST", "/api/webhooks", org.secrets["owner"],
                                 {"url": "https://example.com/h", "events": ["cap.reached"]})
     assert status == 503 and answer["error"]["code"] == "master_key_unavailable", answer
+
+
+async def test_a_daily_summary_is_written_once_per_wallet_and_day(gw) -> None:
+    from config.webhooks import WebhookSettings
+    from gateway.money.secrets_box import BoxUnavailable
+    from gateway.money.webhook_delivery import Deliverer
+    from ledger.webhooks import Endpoint
+
+    wallet_id, secret = await gw.funded_key("1")
+    await gw.state.book.create_endpoint(Endpoint("we-sum", wallet_id, "https://example.com/h",
+                                                 ("usage.daily_summary",), "sealed"))
+    for _ in range(2):
+        await gw.client(secret).chat.completions.create(model="flat-fee", messages=[{"role": "user", "content": "hi"}])
+    await gw.settled_everything()
+    deliverer = Deliverer(gw.state.book, gw.state.upstream, BoxUnavailable("none"), WebhookSettings())
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    await deliverer.summarise_days(tomorrow)
+    again = Deliverer(gw.state.book, gw.state.upstream, BoxUnavailable("none"), WebhookSettings())
+    await again.summarise_days(tomorrow)  # another process: the event id is the same, written once
+    endpoint = await gw.state.book.endpoint("we-sum")
+    event = await gw.state.book.next_event(endpoint, 0)
+    assert event is not None and event.type == "usage.daily_summary"
+    assert event.payload["date"] == datetime.now(UTC).strftime("%Y-%m-%d")
+    assert (event.payload["requests"], event.payload["cost_nusd"]) == (2, 2 * FLAT_FEE_NUSD)
+    await gw.state.book.record_attempt("we-sum", event, 1, "delivered", 200, None, 1.0, None)
+    assert await gw.state.book.next_event(await gw.state.book.endpoint("we-sum"), 0) is None

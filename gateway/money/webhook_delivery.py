@@ -38,6 +38,7 @@ from ledger.webhooks import Endpoint, Event
 log = logging.getLogger("meterway.webhooks")
 SIGNATURE_HEADER = "Meterway-Signature"
 SECRET_PREFIX = "whsec_"
+SUMMARY_CHECK_S = 60.0  # who wants yesterday's summary is asked at most this often
 
 
 def new_secret() -> str:
@@ -73,6 +74,7 @@ class Deliverer:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.concurrency_max)
         self._summarised: set[str] = set()
+        self._summarised_at = float("-inf")
 
     async def run_forever(self) -> None:
         while True:
@@ -145,8 +147,9 @@ class Deliverer:
 
     async def summarise_days(self, now: datetime) -> None:
         """usage.daily_summary for yesterday (UTC), once per wallet that listens for it."""
-        if now.hour < self._settings.daily_summary_hour_utc:
+        if now.hour < self._settings.daily_summary_hour_utc or time.monotonic() - self._summarised_at < SUMMARY_CHECK_S:
             return
+        self._summarised_at = time.monotonic()
         day_end = now.replace(hour=0, minute=0, second=0, microsecond=0)
         day = (day_end - timedelta(days=1)).strftime("%Y-%m-%d")
         for wallet_id in await self._store.wallets_subscribed("usage.daily_summary"):
