@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -50,6 +51,17 @@ ENDPOINTS = openai.ENDPOINTS
 
 
 CONVERSATION_HEADER = "X-Conversation-Id"
+
+
+@dataclass
+class Served:
+    """What a served request held: its tokens per minute count what it was charged for (0: nothing)."""
+
+    hold: Hold | None = None
+
+    @property
+    def tokens(self) -> int:
+        return 0 if self.hold is None else self.hold.tokens
 
 
 def conversation_id(given: str | None, chars_max: int) -> str | None | ApiError:
@@ -116,21 +128,20 @@ class Proxy:
                 return self._refuse(endpoint, call, request_id)
             rules = call.key.rules
             if rules is None or not rules.limits_traffic:
-                return (await self._serve(request, call))[0]
+                return await self._serve(request, call, Served())
             refused = await self._traffic.admit(call.key.key_id, rules, request_id)
             if refused is not None:
                 return self._refuse(endpoint, refused, request_id)
-            tokens = 0
+            served = Served()
             try:
-                response, tokens = await self._serve(request, call)
-                return response
-            finally:  # every way out frees the parallel slot, and counts the tokens used
-                await self._traffic.finish(call.key.key_id, rules, request_id, tokens)
+                return await self._serve(request, call, served)
+            finally:  # every way out (a client gone mid-stream too) frees the slot, and counts the tokens charged
+                await self._traffic.finish(call.key.key_id, rules, request_id, served.tokens)
         finally:
             self.in_flight -= 1
 
-    async def _serve(self, request: web.Request, call: Call) -> tuple[web.StreamResponse, int]:
-        """Hold, forward or relay, charge: the response, and the tokens it was charged for."""
+    async def _serve(self, request: web.Request, call: Call, served: Served) -> web.StreamResponse:
+        """Hold, forward or relay, charge; `served` keeps the hold, so the tokens charged are known however it ends."""
         route = call.route
         estimate = openai.estimate(call.request, len(call.body), route.price, route.encoding, route.rates,
                                    self._limits.tokenize_bytes_max)
@@ -142,12 +153,13 @@ class Proxy:
                 self._events.cap_reached(call.key.wallet_id, call.key.key_id, held.cap)
             friendly = call.key.bot_rule.friendly_message if call.key.bot_rule is not None else None
             if friendly is not None and held.reason in SHORT_OF_MONEY and call.endpoint == "chat":
-                return await self._friendly(request, call, held, friendly), 0
-            return self._refuse(call.endpoint, refusal_error(held), call.request_id), 0
+                return await self._friendly(request, call, held, friendly)
+            return self._refuse(call.endpoint, refusal_error(held), call.request_id)
+        served.hold = held
         async with held as hold:
             if call.request.stream:
-                return await self._relay.relay(request, call, hold), hold.tokens
-            return await self._forward(call, hold), hold.tokens
+                return await self._relay.relay(request, call, hold)
+            return await self._forward(call, hold)
 
     def _refuse(self, endpoint: str, error: ApiError, request_id: str) -> web.Response:
         self._metrics.refused(endpoint, error.status)
