@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from gateway.metrics import Metrics
 from ledger.book import Book
 from ledger.errors import LedgerUnavailable
-from ledger.holds import HoldStore, HoldStoreUnavailable
+from ledger.holds import HoldStore, HoldStoreUnavailable, is_cap_account
 from ledger.store import LedgerStore
 
 log = logging.getLogger("meterway.sweeper")
@@ -22,7 +22,8 @@ log = logging.getLogger("meterway.sweeper")
 
 async def sweep_once(book: Book, holds: HoldStore, batch_max: int, metrics: Metrics | None = None) -> int:
     expired = await holds.expire_due(batch_max)
-    for wallet_id in sorted({hold.wallet_id for hold in expired}):
+    # A cap's account needs no refresh: its mirror is read from its row when a request next needs it.
+    for wallet_id in sorted({hold.wallet_id for hold in expired if not is_cap_account(hold.wallet_id)}):
         wallet = await book.wallet(wallet_id)
         if wallet is not None:
             await holds.sync(wallet_id, wallet.balance_nusd, wallet.version)
