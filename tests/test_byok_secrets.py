@@ -153,9 +153,8 @@ async def test_a_key_sealed_under_another_master_key_is_refused_then_opens_while
     assert (await upstream_auth(fake_upstream))[-1] == f"Bearer {mine}"
 
 
+@pytest.mark.parametrize("backend", ["production"])  # embedded is one process: there is no other gateway to tell
 async def test_a_stored_key_reaches_every_gateway_at_once(gateway_factory, fake_upstream, master, backend) -> None:
-    if backend == "embedded":
-        pytest.skip("one process embedded: there is no other gateway to tell")
     first, second = await byok_gateway(gateway_factory), await byok_gateway(gateway_factory)
     await asyncio.sleep(0.2)  # both listening for notices
     wallet, management, key = await org(first, "1")
