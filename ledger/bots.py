@@ -13,13 +13,34 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ledger.api_keys import ApiKeyRecord, SpendLimits
-from ledger.caps import CapBalance, CapSpec
+from ledger.caps import CapBalance, CapScope, CapSpec, Window
 from ledger.key_rules import KeyRules
 
 BOT_NAME_MAX = 100
 FRIENDLY_MESSAGE_MAX = 2000
 # relimit_caps() rewrites at most this many rows of one key or bot (its open windows and conversations).
 RELIMIT_ROWS_MAX = 10_000
+
+
+# What a cap's subject already spent, by scope, and where each cap's limit is kept (the cap row's limit is
+# a copy, set from there when the row is opened). `:subject` is the subject's id, in each dialect's placeholder.
+SPENT_SQL = {
+    CapScope.MEMBER: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
+                     " WHERE k.member_id = :subject",
+    CapScope.KEY: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u WHERE u.key_id = :subject",
+    CapScope.BOT: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
+                  " WHERE k.bot_id = :subject",
+}
+_LIVE_BOT = "FROM mw_bots WHERE id = :subject AND deleted_at IS NULL"
+LIMIT_SQL = {
+    (CapScope.MEMBER, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_members WHERE id = :subject",
+    (CapScope.KEY, Window.TOTAL): "SELECT total_limit_nusd FROM mw_keys WHERE id = :subject",
+    (CapScope.KEY, Window.DAY): "SELECT daily_limit_nusd FROM mw_keys WHERE id = :subject",
+    (CapScope.KEY, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_keys WHERE id = :subject",
+    (CapScope.BOT, Window.DAY): f"SELECT daily_cap_nusd {_LIVE_BOT}",
+    (CapScope.BOT, Window.MONTH): f"SELECT monthly_cap_nusd {_LIVE_BOT}",
+    (CapScope.CONVERSATION, Window.CONVERSATION): f"SELECT conversation_cap_nusd {_LIVE_BOT}",
+}
 
 
 @dataclass(frozen=True)

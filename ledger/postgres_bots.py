@@ -8,32 +8,16 @@ import asyncpg
 
 from ledger import owner_rows, rows
 from ledger.api_keys import ApiKeyRecord, SpendLimits
-from ledger.bots import RELIMIT_ROWS_MAX, Bot
-from ledger.caps import CapBalance, CapScope, CapSpec, Window
+from ledger.bots import LIMIT_SQL, RELIMIT_ROWS_MAX, SPENT_SQL, Bot
+from ledger.caps import CapBalance, CapScope, CapSpec
 from ledger.errors import BotExists, BotInUse, UnknownAccount
 from ledger.key_rules import KeyRules
 from ledger.postgres_access import PostgresAccess
 from ledger.postgres_postings import text_times
 
-# What a cap's subject already spent in its window, by scope ($1 subject, $2 since, $3 until; NULL: all time).
-_SPENT = {
-    CapScope.MEMBER: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
-                     " WHERE k.member_id = $1",
-    CapScope.KEY: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u WHERE u.key_id = $1",
-    CapScope.BOT: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
-                  " WHERE k.bot_id = $1",
-}
-# Where each cap's limit is kept (the cap row's limit is a copy, set from here when the row is opened).
-_LIMIT = {
-    (CapScope.MEMBER, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_members WHERE id = $1",
-    (CapScope.KEY, Window.TOTAL): "SELECT total_limit_nusd FROM mw_keys WHERE id = $1",
-    (CapScope.KEY, Window.DAY): "SELECT daily_limit_nusd FROM mw_keys WHERE id = $1",
-    (CapScope.KEY, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_keys WHERE id = $1",
-    (CapScope.BOT, Window.DAY): "SELECT daily_cap_nusd FROM mw_bots WHERE id = $1 AND deleted_at IS NULL",
-    (CapScope.BOT, Window.MONTH): "SELECT monthly_cap_nusd FROM mw_bots WHERE id = $1 AND deleted_at IS NULL",
-    (CapScope.CONVERSATION, Window.CONVERSATION):
-        "SELECT conversation_cap_nusd FROM mw_bots WHERE id = $1 AND deleted_at IS NULL",
-}
+_SPENT = {scope: sql.replace(":subject", "$1") for scope, sql in SPENT_SQL.items()}
+_LIMIT = {cap: sql.replace(":subject", "$1") for cap, sql in LIMIT_SQL.items()}
+# The window of a cap's usage (NULL: all time).
 _WINDOW = " AND ($2::timestamptz IS NULL OR u.created_at >= $2) AND ($3::timestamptz IS NULL OR u.created_at < $3)"
 
 

@@ -7,32 +7,16 @@ from typing import Any
 
 from ledger import owner_rows, rows
 from ledger.api_keys import ApiKeyRecord, SpendLimits
-from ledger.bots import RELIMIT_ROWS_MAX, Bot
-from ledger.caps import CapBalance, CapScope, CapSpec, Window
+from ledger.bots import LIMIT_SQL, RELIMIT_ROWS_MAX, SPENT_SQL, Bot
+from ledger.caps import CapBalance, CapScope, CapSpec
 from ledger.errors import BotExists, BotInUse, UnknownAccount
 from ledger.key_rules import KeyRules
 from ledger.sqlite_access import SqliteAccess
 from ledger.times import utc_text
 
-# What a cap's subject already spent in its window, by scope (subject, since, since, until, until; NULL: all time).
-_SPENT = {
-    CapScope.MEMBER: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
-                     " WHERE k.member_id = ?",
-    CapScope.KEY: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u WHERE u.key_id = ?",
-    CapScope.BOT: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
-                  " WHERE k.bot_id = ?",
-}
-# Where each cap's limit is kept (the cap row's limit is a copy, set from here when the row is opened).
-_LIMIT = {
-    (CapScope.MEMBER, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_members WHERE id = ?",
-    (CapScope.KEY, Window.TOTAL): "SELECT total_limit_nusd FROM mw_keys WHERE id = ?",
-    (CapScope.KEY, Window.DAY): "SELECT daily_limit_nusd FROM mw_keys WHERE id = ?",
-    (CapScope.KEY, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_keys WHERE id = ?",
-    (CapScope.BOT, Window.DAY): "SELECT daily_cap_nusd FROM mw_bots WHERE id = ? AND deleted_at IS NULL",
-    (CapScope.BOT, Window.MONTH): "SELECT monthly_cap_nusd FROM mw_bots WHERE id = ? AND deleted_at IS NULL",
-    (CapScope.CONVERSATION, Window.CONVERSATION):
-        "SELECT conversation_cap_nusd FROM mw_bots WHERE id = ? AND deleted_at IS NULL",
-}
+_SPENT = {scope: sql.replace(":subject", "?") for scope, sql in SPENT_SQL.items()}
+_LIMIT = {cap: sql.replace(":subject", "?") for cap, sql in LIMIT_SQL.items()}
+# The window of a cap's usage (NULL: all time).
 _WINDOW = " AND (? IS NULL OR u.created_at >= ?) AND (? IS NULL OR u.created_at < ?)"
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
