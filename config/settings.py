@@ -12,7 +12,7 @@ import os
 import tomllib
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -108,8 +108,9 @@ class ModelConfig(_Frozen):
     output_per_1m: Decimal = Decimal(0)
     per_call: Decimal = Decimal(0)
     max_output_tokens: int = Field(4096, gt=0)
-    # tiktoken encoding used when the upstream reports no usage; None = infer from name.
-    encoding: str | None = None
+    # The tokenizer used when the upstream reports no usage (both load from installed packages, never
+    # downloaded; "bytes" counts UTF-8 bytes, a safe over-estimate); None = infer from the model's name.
+    encoding: Literal["cl100k_base", "o200k_base", "bytes"] | None = None
     kind: str = Field("chat", pattern="^(chat|completion|embedding)$")
     # Image input in prompt tokens (gateway/media.py): `detail: low` costs the
     # base, else base + tile x 512px tiles. None = OpenAI's published figures

