@@ -179,6 +179,8 @@ class Limits(_Frozen):
     # Each /readyz check (ledger, hold store) answers within this or fails.
     ready_check_timeout_s: float = Field(1.0, gt=0)
     key_cache_ttl_s: float = Field(5.0, ge=0)
+    # The price catalogue (`meterway prices import`) is read again this often by every process.
+    price_refresh_s: float = Field(30.0, gt=0, le=3600)
     # X-Conversation-Id (a bot's per-conversation cap) is at most this long.
     conversation_id_chars_max: int = Field(128, gt=0, le=1024)
     # A refused wallet is re-read from the book at most this often, so a

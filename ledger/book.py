@@ -223,6 +223,7 @@ class UsageRecord:
     # for a plain call, the BYOK fee (or 0) when byok (forwarded with the caller's own provider key).
     provider_cost_nusd: int | None = None
     byok: bool = False
+    price_version: str | None = None  # the catalogue's version it was priced by (ledger/prices.py)
 
     def __post_init__(self) -> None:
         assert self.cost_nusd >= 0 and self.held_nusd >= 0, self

@@ -42,6 +42,7 @@ from ledger.postgres_lots import PostgresLots
 from ledger.postgres_owners import PostgresOwners, add_to_caps
 from ledger.postgres_payments import PostgresPayments
 from ledger.postgres_postings import text_times as _text_times
+from ledger.postgres_prices import PostgresPrices
 from ledger.postgres_provider_keys import PostgresProviderKeys
 from ledger.postgres_webhooks import PostgresWebhooks
 from ledger.postings import check_posting_replay, receivable_account, reversal_replay
@@ -88,7 +89,7 @@ MIGRATION_LOCK_ID = 0x6D77_6D69
 
 
 class PostgresBook(PostgresOwners, PostgresHistory, PostgresLots, PostgresPayments, PostgresBots, PostgresProviderKeys,
-        PostgresWebhooks):
+        PostgresWebhooks, PostgresPrices):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 

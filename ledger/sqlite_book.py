@@ -40,6 +40,7 @@ from ledger.sqlite_history import SqliteHistory
 from ledger.sqlite_lots import SqliteLots
 from ledger.sqlite_owners import SqliteOwners, add_to_caps
 from ledger.sqlite_payments import SqlitePayments
+from ledger.sqlite_prices import SqlitePrices
 from ledger.sqlite_provider_keys import SqliteProviderKeys
 from ledger.sqlite_webhooks import SqliteWebhooks
 from ledger.totals import TOTALS_SQL
@@ -72,7 +73,7 @@ def classify(exc: sqlite3.Error) -> LedgerUnavailable | LedgerFailure:
 
 
 class SqliteBook(SqliteOwners, SqliteHistory, SqliteLots, SqlitePayments, SqliteBots, SqliteProviderKeys,
-        SqliteWebhooks):
+        SqliteWebhooks, SqlitePrices):
     def __init__(self, path: str) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mw-sqlite")

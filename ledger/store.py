@@ -18,9 +18,10 @@ from ledger.history import History
 from ledger.lots import CreditLots
 from ledger.owners import Owners
 from ledger.payments import Payments
+from ledger.prices import Prices
 from ledger.provider_keys import ProviderKeys
 from ledger.webhooks import Webhooks
 
 
-class LedgerStore(Book, Owners, History, Payments, CreditLots, Bots, ProviderKeys, Webhooks, Protocol):
+class LedgerStore(Book, Owners, History, Payments, CreditLots, Bots, ProviderKeys, Webhooks, Prices, Protocol):
     """The book, its owners and their history, card payments, credit lots, bots and caps, provider keys, in one database."""

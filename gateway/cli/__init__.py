@@ -16,6 +16,7 @@ from typing import Any
 from config.settings import ConfigError, Settings, load_settings
 from gateway.cli.keys import keys_create, keys_list, keys_revoke
 from gateway.cli.orgs import add_org_commands
+from gateway.cli.prices import add_price_commands
 from gateway.cli.replay import journal_replay
 from gateway.cli.serve import CONFIG_ENV, migrate, serve
 from gateway.cli.wallets import wallet_create, wallet_credit, wallet_refund, wallet_show, wallet_transactions
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_wallet_commands(commands, common)
     _add_journal_commands(commands, common)
     add_org_commands(commands, common, _command, _sync)
+    add_price_commands(commands, common, _command, _sync)
     commands.add_parser("fake-upstream", help="an OpenAI-compatible fake provider (see: meterway fake-upstream --help)")
     return parser
 

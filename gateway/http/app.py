@@ -24,6 +24,7 @@ from gateway.money.byok import ByokKeys
 from gateway.money.calls import build_routes
 from gateway.money.events import Events
 from gateway.money.hold_recovery import heartbeat_forever
+from gateway.money.prices import PriceBook
 from gateway.money.provider_keys import StoredKeys
 from gateway.money.replay import replay_at_start
 from gateway.money.secrets_box import BoxUnavailable, SecretsBox, secrets_box
@@ -34,6 +35,7 @@ from gateway.money.topups import open_payments
 from gateway.money.traffic import Traffic
 from gateway.money.webhook_delivery import Deliverer
 from gateway.upstream import Upstream
+from ledger.errors import LedgerError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger(__name__)
@@ -80,6 +82,11 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         byok = ByokKeys(settings.byok, StoredKeys(stores.book, box, settings.byok.cache_ttl_s,
                                                   settings.byok.cache_entries_max))
         events = Events(stores.book)
+        prices = PriceBook({name: route.price for name, route in routes.items()})
+        try:
+            await prices.refresh(stores.book)
+        except LedgerError as exc:  # serve at the config's prices; the refresh task tries again
+            log.warning("prices: the catalogue could not be read at start (%s): [models] prices apply", exc)
         notices = Notices(notice_bus(stores.holds, limits.redis_timeout_s))
         traffic = Traffic(rate_store(stores.holds, settings.traffic.rate_timeout_s), settings.traffic.parallel_slot_ttl_s)
         notices.subscribe(keys.hear)
@@ -88,7 +95,8 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         app[STATE] = GatewayState(
             settings=settings, book=stores.book, holds=stores.holds, settler=settler, keys=keys, upstream=upstream,
             metrics=metrics, routes=routes,
-            proxy=proxy.attach(keys, routes, billing, upstream, metrics, traffic, settings.traffic, byok, events),
+            proxy=proxy.attach(keys, routes, billing, upstream, metrics, traffic, settings.traffic, byok, events,
+                               prices),
             notices=notices, byok=byok, box=box, payments=payments,
         )
         settler.start()
@@ -99,7 +107,8 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         expiry = asyncio.create_task(expire_credit_forever(
             stores.book, stores.holds, settings.topup.credit_expiry_sweep_s, settings.topup.credit_expiry_batch_max))
         listening = asyncio.create_task(notices.run())
-        tasks: tuple[asyncio.Task[None], ...] = (sweeper, heartbeat, expiry, listening)
+        repricing = asyncio.create_task(prices.refresh_forever(stores.book, limits.price_refresh_s))
+        tasks: tuple[asyncio.Task[None], ...] = (sweeper, heartbeat, expiry, listening, repricing)
         if settings.webhooks.enabled:
             deliverer = Deliverer(stores.book, upstream, box, settings.webhooks)
             tasks += (asyncio.create_task(deliverer.run_forever()),)

@@ -42,6 +42,7 @@ from gateway.money.byok import PROVIDER_KEY_HEADER, ByokKeys, fee_estimate
 from gateway.money.calls import Call, Route, usage_record
 from gateway.money.events import Events
 from gateway.money.operations import REQUEST_ID_PREFIX
+from gateway.money.prices import PriceBook
 from gateway.money.traffic import Traffic
 from gateway.upstream import Upstream, UpstreamFailed
 from ledger.book import SettleResult
@@ -100,7 +101,9 @@ class Proxy:
         self.in_flight = 0
 
     def attach(self, keys: KeyCache, routes: dict[str, Route], billing: Billing, upstream: Upstream,
-               metrics: Metrics, traffic: Traffic, settings: TrafficSettings, byok: ByokKeys, events: Events) -> Proxy:
+               metrics: Metrics, traffic: Traffic, settings: TrafficSettings, byok: ByokKeys, events: Events,
+               prices: PriceBook) -> Proxy:
+        self._prices = prices
         self._traffic = traffic
         self._events = events
         self._trusted = settings.trusted_networks()
@@ -143,7 +146,7 @@ class Proxy:
     async def _serve(self, request: web.Request, call: Call, served: Served) -> web.StreamResponse:
         """Hold, forward or relay, charge; `served` keeps the hold, so the tokens charged are known however it ends."""
         route = call.route
-        estimate = openai.estimate(call.request, len(call.body), route.price, route.encoding, route.rates,
+        estimate = openai.estimate(call.request, len(call.body), call.price, route.encoding, route.rates,
                                    self._limits.tokenize_bytes_max)
         if call.byok is not None:
             estimate = fee_estimate(estimate, call.byok.fee_bps)  # 0 with no fee: a free call, nothing held
@@ -197,13 +200,14 @@ class Proxy:
         conversation = conversation_id(request.headers.get(CONVERSATION_HEADER), self._limits.conversation_id_chars_max)
         if isinstance(conversation, ApiError):
             return conversation
+        priced = self._prices.at(model_name, time.time())  # the version in force when the request started
         provider_key = request.headers.get(PROVIDER_KEY_HEADER)
         if not self._byok.may_apply(provider_key, key.wallet_id):
-            return Call(request_id, endpoint, key, route, valid, body, started, conversation)  # the plain path
+            return Call(request_id, endpoint, key, route, valid, body, started, conversation, None, priced)
         byok = await self._byok.for_call(provider_key, key, route)
         if isinstance(byok, ApiError):
             return byok
-        return Call(request_id, endpoint, key, route, valid, body, started, conversation, byok)
+        return Call(request_id, endpoint, key, route, valid, body, started, conversation, byok, priced)
 
     async def _friendly(self, request: web.Request, call: Call, refused: Refused, message: str) -> web.StreamResponse:
         """A bot's kind answer instead of a refusal: free, nothing forwarded, recorded as refused."""
@@ -245,7 +249,7 @@ class Proxy:
             # No usage from the upstream: count it ourselves, off the event loop.
             counted = await asyncio.get_running_loop().run_in_executor(
                 None, openai.counted_usage, call.request, call.route.encoding, call.route.rates, data)
-        metered = meter(call.route.price, reported, counted, self._limits.usage_tokens_max)
+        metered = meter(call.price, reported, counted, self._limits.usage_tokens_max)
         headers = {**openai.relayed_headers(reply.headers),
                    "Content-Type": reply.headers.get("Content-Type", "application/json"),
                    "X-Request-Id": call.request_id, "X-Model": openai.served_model(data) or call.route.model_name,

@@ -119,7 +119,7 @@ class Relay:
                 None, openai.counted_usage, call.request, call.route.encoding, call.route.rates,
                 "".join(tracker.relayed_text))
             status = "partial" if status == "ok" else status
-        metered = meter(call.route.price, tracker.reported, counted, self._limits.usage_tokens_max)
+        metered = meter(call.price, tracker.reported, counted, self._limits.usage_tokens_max)
         record = usage_record(call, hold.amount_nusd, metered, status, upstream_s)
         result = await hold.charge(record)
         observe(self._metrics, call, status, metered, upstream_s, record.cost_nusd)

@@ -20,7 +20,9 @@ from gateway.dialects.openai import UPSTREAM_PATHS, Request
 from gateway.metering.media import MediaRates
 from gateway.metering.metering import Metered, rates_of
 from gateway.metering.tokens import EncodingChoice, encoding_for
+from gateway.money.prices import Priced
 from ledger.book import FEES_ACCOUNT, REVENUE_ACCOUNT, ApiKeyRecord, Payee, UsageRecord
+from ledger.prices import CONFIG_VERSION
 
 log = logging.getLogger("meterway.calls")
 
@@ -87,13 +89,22 @@ class Call:
     started: float  # time.perf_counter() when the request arrived
     conversation_id: str | None = None  # X-Conversation-Id: a bot's per-conversation cap counts by it
     byok: Byok | None = None  # set: forwarded with the caller's provider key, charged the BYOK fee
+    priced: Priced | None = None  # the catalogue's price in force when it started (None: the route's, from config)
 
     def __post_init__(self) -> None:
         assert self.endpoint == self.request.endpoint == self.route.model.kind, self
 
+    @property
+    def price(self) -> ModelPrice:
+        return self.route.price if self.priced is None else self.priced.price
+
+    @property
+    def price_version(self) -> str:
+        return CONFIG_VERSION if self.priced is None else self.priced.version
+
 
 def usage_record(call: Call, held_nusd: int, metered: Metered, status: str, upstream_s: float) -> UsageRecord:
-    usage, price = metered.usage, call.route.price
+    usage, price = metered.usage, call.price
     if metered.capped_from is not None:
         given = metered.capped_from
         # Loud on purpose: a provider bug or an attack; the row is flagged by its usage_source.
@@ -112,7 +123,7 @@ def usage_record(call: Call, held_nusd: int, metered: Metered, status: str, upst
         per_call_nusd=price.per_call_nusd, cost_nusd=cost_nusd, held_nusd=held_nusd,
         latency_ms=(time.perf_counter() - call.started) * 1000, upstream_latency_ms=upstream_s * 1000,
         payees=payees(call.route, cost_nusd) if call.byok is None else fee_payees(cost_nusd),
-        provider_cost_nusd=metered.cost_nusd, byok=call.byok is not None,
+        provider_cost_nusd=metered.cost_nusd, byok=call.byok is not None, price_version=call.price_version,
     )
 
 
