@@ -94,9 +94,13 @@ class Deliverer:
         return len(claimed)
 
     async def _serve(self, endpoint: Endpoint) -> None:
+        # Let go while the lease surely still holds: another process may take the endpoint after it.
+        let_go_at = time.monotonic() + self._settings.lease_s - self._settings.timeout_s
         async with self._slots:
             try:
                 for _ in range(self._settings.events_per_claim_max):
+                    if time.monotonic() >= let_go_at:
+                        break
                     event = await self._store.next_event(endpoint, self._settings.settled_s)
                     if event is None or not await self._attempt(endpoint, event):
                         break
