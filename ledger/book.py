@@ -224,6 +224,7 @@ class UsageRecord:
     provider_cost_nusd: int | None = None
     byok: bool = False
     price_version: str | None = None  # the catalogue's version it was priced by (ledger/prices.py)
+    conversation_id: str | None = None  # X-Conversation-Id: what a bot's per-conversation cap counts
 
     def __post_init__(self) -> None:
         assert self.cost_nusd >= 0 and self.held_nusd >= 0, self

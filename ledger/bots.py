@@ -31,6 +31,9 @@ SPENT_SQL = {
     CapScope.BOT: "SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
                   " WHERE k.bot_id = :subject",
 }
+# A conversation of a bot, all time (`:conversation` after `:subject`, in each dialect's placeholders).
+CONVERSATION_SPENT_SQL = ("SELECT COALESCE(SUM(u.cost_nusd), 0) FROM mw_usage u JOIN mw_keys k ON k.id = u.key_id"
+                          " WHERE k.bot_id = :subject AND u.conversation_id = :conversation")
 _LIVE_BOT = "FROM mw_bots WHERE id = :subject AND deleted_at IS NULL"
 LIMIT_SQL = {
     (CapScope.MEMBER, Window.MONTH): "SELECT monthly_limit_nusd FROM mw_members WHERE id = :subject",

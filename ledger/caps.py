@@ -18,8 +18,7 @@ A row is opened by the first request of its window (open_cap, a CapSpec); it
 starts from what its subject's requests already cost in that window, read
 from the usage rows, so a limit set mid-window counts the window's earlier
 spend, and a mirror lost with Redis is rebuilt from the rows. A conversation
-is known only by its requests' header, which usage rows do not keep: its row
-starts at 0 when the conversation is first seen under a cap.
+is named by its requests' header, which their usage rows keep.
 """
 
 from __future__ import annotations
@@ -64,6 +63,7 @@ class CapSpec:
     limit_nusd: int  # as read with the key; open_cap() takes the limit from where it is kept
     since: datetime | None  # the window's first instant (None: all time, or a conversation)
     until: datetime | None  # when it resets (None: never)
+    conversation_id: str | None = None  # for a conversation's cap
 
     def __post_init__(self) -> None:
         assert self.limit_nusd >= 0 and (self.since is None) == (self.until is None), self
@@ -148,7 +148,7 @@ def cap_spec(scope: CapScope, subject_id: str, window: Window, limit_nusd: int, 
     else:
         prefix = KEY_CAP_PREFIX if scope is CapScope.KEY else BOT_CAP_PREFIX
         cap_id = f"{prefix}{subject_id}:" + ("total" if window is Window.TOTAL else f"{window.value[0]}:{period}")
-    return CapSpec(cap_id, scope, subject_id, window, limit_nusd, since, until)
+    return CapSpec(cap_id, scope, subject_id, window, limit_nusd, since, until, conversation_id)
 
 
 def subject_prefix(scope: CapScope, subject_id: str) -> str:

@@ -8,7 +8,7 @@ import asyncpg
 
 from ledger import owner_rows, rows
 from ledger.api_keys import ApiKeyRecord, SpendLimits
-from ledger.bots import LIMIT_SQL, RELIMIT_ROWS_MAX, SPENT_SQL, Bot
+from ledger.bots import CONVERSATION_SPENT_SQL, LIMIT_SQL, RELIMIT_ROWS_MAX, SPENT_SQL, Bot
 from ledger.caps import CapBalance, CapScope, CapSpec
 from ledger.errors import BotExists, BotInUse, UnknownAccount
 from ledger.key_rules import KeyRules
@@ -17,6 +17,7 @@ from ledger.postgres_postings import text_times
 
 _SPENT = {scope: sql.replace(":subject", "$1") for scope, sql in SPENT_SQL.items()}
 _LIMIT = {cap: sql.replace(":subject", "$1") for cap, sql in LIMIT_SQL.items()}
+_CONVERSATION_SPENT = CONVERSATION_SPENT_SQL.replace(":subject", "$1").replace(":conversation", "$2")
 # The window of a cap's usage (NULL: all time).
 _WINDOW = " AND ($2::timestamptz IS NULL OR u.created_at >= $2) AND ($3::timestamptz IS NULL OR u.created_at < $3)"
 
@@ -120,5 +121,5 @@ class PostgresBots(PostgresAccess):
 
 async def _spent(conn: asyncpg.Connection, spec: CapSpec) -> int:
     if spec.scope is CapScope.CONVERSATION:
-        return 0  # usage rows do not keep the conversation (ledger/caps.py)
+        return int(await conn.fetchval(_CONVERSATION_SPENT, spec.subject_id, spec.conversation_id))
     return int(await conn.fetchval(_SPENT[spec.scope] + _WINDOW, spec.subject_id, spec.since, spec.until))

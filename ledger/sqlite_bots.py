@@ -7,7 +7,7 @@ from typing import Any
 
 from ledger import owner_rows, rows
 from ledger.api_keys import ApiKeyRecord, SpendLimits
-from ledger.bots import LIMIT_SQL, RELIMIT_ROWS_MAX, SPENT_SQL, Bot
+from ledger.bots import CONVERSATION_SPENT_SQL, LIMIT_SQL, RELIMIT_ROWS_MAX, SPENT_SQL, Bot
 from ledger.caps import CapBalance, CapScope, CapSpec
 from ledger.errors import BotExists, BotInUse, UnknownAccount
 from ledger.key_rules import KeyRules
@@ -16,6 +16,7 @@ from ledger.times import utc_text
 
 _SPENT = {scope: sql.replace(":subject", "?") for scope, sql in SPENT_SQL.items()}
 _LIMIT = {cap: sql.replace(":subject", "?") for cap, sql in LIMIT_SQL.items()}
+_CONVERSATION_SPENT = CONVERSATION_SPENT_SQL.replace(":subject", "?").replace(":conversation", "?")
 # The window of a cap's usage (NULL: all time).
 _WINDOW = " AND (? IS NULL OR u.created_at >= ?) AND (? IS NULL OR u.created_at < ?)"
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
@@ -130,7 +131,7 @@ class SqliteBots(SqliteAccess):
 
 def _spent(conn: sqlite3.Connection, spec: CapSpec) -> int:
     if spec.scope is CapScope.CONVERSATION:
-        return 0  # usage rows do not keep the conversation (ledger/caps.py)
+        return int(conn.execute(_CONVERSATION_SPENT, (spec.subject_id, spec.conversation_id)).fetchone()[0])
     since = None if spec.since is None else utc_text(spec.since)
     until = None if spec.until is None else utc_text(spec.until)
     found = conn.execute(_SPENT[spec.scope] + _WINDOW, (spec.subject_id, since, since, until, until)).fetchone()

@@ -88,6 +88,10 @@ async def test_a_cap_opens_from_the_usage_of_its_window(book: LedgerStore) -> No
     assert stale.remaining_nusd == UNLIMITED_NUSD
     conversation = cap_spec(CapScope.CONVERSATION, "b1", Window.CONVERSATION, 30, NOW, "conv-1")
     assert (await book.open_cap(conversation)).remaining_nusd == 30
+    # A conversation's row opens from the usage rows that named it, like every window's.
+    await book.settle_batch([dataclasses.replace(usage("r-c2", "acme", 12), key_id="k1", conversation_id="conv-2")])
+    other = await book.open_cap(cap_spec(CapScope.CONVERSATION, "b1", Window.CONVERSATION, 30, NOW, "conv-2"))
+    assert other.remaining_nusd == 18
     # Settling moves every cap it was held against, in the debit's transaction.
     item = dataclasses.replace(usage("r1", "acme", 20), key_id="k1", caps=(day.cap_id, conversation.cap_id))
     [result] = await book.settle_batch([item])

@@ -142,3 +142,12 @@ async def test_an_empty_wallet_is_told_how_to_top_up(gw) -> None:
         await gw.client(poor).chat.completions.create(model="flat-fee", messages=HI)
     assert "may cost up to $0.01 and $0.001 is available" in caught.value.message
     assert "or lower max_tokens" in caught.value.message
+
+
+async def test_a_requests_conversation_is_kept_on_its_usage_row(gw) -> None:
+    _, _, secret = await bot_key(gw, "1", SpendLimits(conversation_nusd=FLAT_FEE_NUSD * 5))
+    raw = await gw.client(secret).chat.completions.with_raw_response.create(
+        model="flat-fee", messages=HI, extra_headers={"X-Conversation-Id": "ticket-4812"})
+    await gw.settled_everything()
+    settled = await gw.state.book.usage(raw.headers["x-request-id"])
+    assert settled is not None and settled.record.conversation_id == "ticket-4812"

@@ -124,6 +124,7 @@ def usage_record(call: Call, held_nusd: int, metered: Metered, status: str, upst
         latency_ms=(time.perf_counter() - call.started) * 1000, upstream_latency_ms=upstream_s * 1000,
         payees=payees(call.route, cost_nusd) if call.byok is None else fee_payees(cost_nusd),
         provider_cost_nusd=metered.cost_nusd, byok=call.byok is not None, price_version=call.price_version,
+        conversation_id=call.conversation_id,
     )
 
 
