@@ -23,6 +23,7 @@ class Metrics:
     shortfall_nusd: Counter
     overhead_seconds: Histogram
     holds_expired: Counter
+    rate_unchecked: Counter
     # metric.labels(...) costs a lock and a dict build; the hot path asks for the same few.
     _children: dict[tuple[str, tuple[str, ...]], Any] = field(default_factory=dict)
 
@@ -47,6 +48,11 @@ class Metrics:
                 ["endpoint"], buckets=OVERHEAD_BUCKETS_S, registry=registry,
             ),
             holds_expired=Counter("meterway_holds_expired", "Holds released by expiry (nobody settled them).", registry=registry),
+            rate_unchecked=Counter(
+                "meterway_rate_unchecked", "Key rate checks skipped because the rate store was unreachable (admit: "
+                "the request was let in unchecked; finish: its slot and tokens were not recorded).", ["step"],
+                registry=registry,
+            ),
         )
 
     def record(self, endpoint: str, outcome: str, overhead_s: float) -> None:
@@ -61,6 +67,9 @@ class Metrics:
         self._child(self.tokens, model, "cached").inc(cached)
         self._child(self.tokens, model, "completion").inc(completion)
         self._child(self.charged_nusd, model).inc(charged_nusd)
+
+    def rate_unchecked_at(self, step: str) -> None:
+        self._child(self.rate_unchecked, step).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

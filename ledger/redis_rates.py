@@ -18,10 +18,15 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions as redis_exc
 
 from ledger.key_rules import KeyRules
 from ledger.rates import WINDOW_S, Admission, RateUnavailable, decide, sliding
 from ledger.redis_batching import UNAVAILABLE
+
+# What makes a rate check impossible rather than wrong: Redis unreachable, slow, read-only, or full (maxmemory
+# with noeviction refuses the script's writes). The caller admits the request; a bug in a script still raises.
+RATE_UNAVAILABLE = (*UNAVAILABLE, redis_exc.OutOfMemoryError)
 
 # KEYS: the key's base "P:{r:K}". ARGV: rpm, tpm, parallel_max (-1: none), request id, slot ttl ms.
 # Returns {0 admitted | 1 refused, prev_req, prev_tok, cur_req, cur_tok, elapsed_ms, in_flight}: the figures
@@ -111,7 +116,7 @@ class RedisRates:
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await script(keys=keys, args=args)
-        except UNAVAILABLE as exc:
+        except RATE_UNAVAILABLE as exc:
             raise RateUnavailable(f"Redis: {type(exc).__name__}") from exc
 
 

@@ -88,7 +88,8 @@ def _lifetime(settings: Settings, given: Stores | None, proxy: Proxy) -> Callabl
         except LedgerError as exc:  # serve at the config's prices; the refresh task tries again
             log.warning("prices: the catalogue could not be read at start (%s): [models] prices apply", exc)
         notices = Notices(notice_bus(stores.holds, limits.redis_timeout_s))
-        traffic = Traffic(rate_store(stores.holds, settings.traffic.rate_timeout_s), settings.traffic.parallel_slot_ttl_s)
+        traffic = Traffic(rate_store(stores.holds, settings.traffic.rate_timeout_s), settings.traffic.parallel_slot_ttl_s,
+                          metrics)
         notices.subscribe(keys.hear)
         notices.subscribe(app[MANAGEMENT_KEYS].hear)
         notices.subscribe(api_provider_keys.listener(byok.stored))

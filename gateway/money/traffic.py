@@ -2,8 +2,9 @@
 
 Only keys with rules pay anything here. The store is Redis's when the gateway
 has one (every process shares the counts), else in-process. Rate limits are
-not money: a store that cannot be reached admits the request, with a warning
-in the log at most once per RATE_LOG_INTERVAL_S; holds and caps still apply.
+not money: a store that cannot be reached admits the request, counted in the
+meterway_rate_unchecked metric (every time) and a warning in the log (at most
+once per RATE_LOG_INTERVAL_S); holds and caps still apply.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 from gateway import errors
 from gateway.errors import ApiError
+from gateway.metrics import Metrics
 from ledger.key_rules import KeyRules
 from ledger.rates import Admission, Limit, RateStore, RateUnavailable
 
@@ -23,17 +25,22 @@ RATE_LOG_INTERVAL_S = 10.0
 
 
 class Traffic:
-    def __init__(self, store: RateStore, slot_ttl_s: float) -> None:
+    def __init__(self, store: RateStore, slot_ttl_s: float, metrics: Metrics) -> None:
         self._store = store
         self._slot_ttl_s = slot_ttl_s
+        self._metrics = metrics
         self._logged_at = float("-inf")
 
     async def admit(self, key_id: str, rules: KeyRules, request_id: str) -> ApiError | None:
         """None if admitted (the caller must then finish()); a 429 if a rule refuses."""
         try:
             admission = await self._store.admit(key_id, rules, request_id, self._slot_ttl_s)
+        except asyncio.CancelledError:
+            # The script may have run and taken a slot: give it back now, not after the slot's time to live.
+            await self.finish(key_id, rules, request_id, 0)
+            raise
         except RateUnavailable as exc:
-            self._warn(f"rate limits not checked (admitted): {exc}")
+            self._unchecked("admit", f"rate limits not checked (admitted): {exc}")
             return None
         if admission.admitted:
             return None
@@ -43,9 +50,10 @@ class Traffic:
         try:
             await asyncio.shield(self._store.finish(key_id, rules, request_id, tokens))
         except RateUnavailable as exc:
-            self._warn(f"a request's end not counted (its parallel slot expires by itself): {exc}")
+            self._unchecked("finish", f"a request's end not counted (its parallel slot expires by itself): {exc}")
 
-    def _warn(self, message: str) -> None:
+    def _unchecked(self, step: str, message: str) -> None:
+        self._metrics.rate_unchecked_at(step)
         now = time.monotonic()
         if now - self._logged_at >= RATE_LOG_INTERVAL_S:
             self._logged_at = now
